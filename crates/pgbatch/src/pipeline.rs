@@ -1,0 +1,210 @@
+//! Sending `BEGIN`, the statements and `COMMIT` as one pipeline, and reading the answers.
+//!
+//! tokio-postgres writes a request to its connection the first time the request's future
+//! is polled, and the connection sends requests in that order. So the pipeline is queued by
+//! polling every step's future once, in order, inside one synchronous poll: from that
+//! moment the whole transaction is on its way, and dropping the batch future can no longer
+//! leave half of it behind. Answers are then read concurrently, because tokio-postgres
+//! hands each request's answers through a channel of its own and a step waiting on a type
+//! lookup must not block the steps after it.
+
+use std::borrow::Cow;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+
+use futures_util::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use tokio_postgres::error::{DbError, Severity};
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row};
+
+use crate::bind::RawBind;
+use crate::connection::{Connection, ResolveError};
+use crate::error::BuildError;
+use crate::statement::Statement;
+
+/// What one statement returned.
+#[derive(Debug)]
+pub(crate) struct StepOutput {
+    pub(crate) rows: Vec<Row>,
+    /// Rows affected (or returned, for queries), from the command tag.
+    pub(crate) affected: u64,
+}
+
+/// How a pipeline failed, before labels and domain mappings are applied.
+#[derive(Debug)]
+pub(crate) enum PipelineError {
+    /// A custom type does not exist; nothing was sent.
+    Build(BuildError),
+    /// The connection failed before any statement ran; nothing was written.
+    Connection(tokio_postgres::Error),
+    /// The connection was closed before `COMMIT` could be sent; nothing was committed.
+    Closed,
+    /// Statement `index` failed on the server; the transaction was rolled back.
+    Statement { index: usize, error: Box<DbError> },
+    /// `COMMIT` failed; the transaction was rolled back.
+    Commit(Box<DbError>),
+    /// The answers were lost after `COMMIT` may have been processed.
+    Unknown(Option<tokio_postgres::Error>),
+    /// tokio-postgres refused to send statement `index`; `ROLLBACK` was sent instead of
+    /// `COMMIT`.
+    Send { index: usize, source: tokio_postgres::Error },
+}
+
+type StepResult = Result<StepOutput, tokio_postgres::Error>;
+type StepFuture<'a> = Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
+
+/// Runs `statements` between `begin` and `COMMIT` in one round trip.
+pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[&Statement]) -> Result<Vec<StepOutput>, PipelineError> {
+    // The one exception to the single round trip: custom types the connection has not
+    // met yet are looked up before anything of the batch is sent.
+    let custom_types = statements.iter().flat_map(|s| &s.custom_types);
+    connection.resolve_types(custom_types).await.map_err(|error| match error {
+        ResolveError::Unknown(error) => PipelineError::Build(error),
+        ResolveError::Connection(error) => PipelineError::Connection(error),
+    })?;
+    if connection.is_closed() {
+        return Err(PipelineError::Closed);
+    }
+    let params: Vec<Params<'_>> = statements.iter().map(|s| Params::new(s, connection)).collect();
+    let client = connection.client();
+
+    let step_count = statements.len() + 2;
+    let mut steps: Vec<StepFuture<'_>> = Vec::with_capacity(step_count);
+    let mut answers: Vec<Option<StepResult>> = (0..step_count).map(|_| None).collect();
+    steps.push(Box::pin(step(client, begin, &NO_PARAMS)));
+    for (statement, params) in statements.iter().zip(&params) {
+        steps.push(Box::pin(step(client, &statement.sql, params)));
+    }
+
+    // Queue every step in one synchronous poll. A step that is ready at once was refused
+    // by the client and not sent; then ROLLBACK takes COMMIT's place, so that nothing of a
+    // batch with a missing statement can commit.
+    poll_fn(|cx| {
+        for (answer, step) in answers.iter_mut().zip(&mut steps) {
+            if let Poll::Ready(result) = step.as_mut().poll(cx) {
+                *answer = Some(result);
+            }
+        }
+        let refused = answers.iter().any(Option::is_some);
+        let mut end: StepFuture<'_> = Box::pin(step(client, if refused { "ROLLBACK" } else { "COMMIT" }, &NO_PARAMS));
+        if let Poll::Ready(result) = end.as_mut().poll(cx) {
+            answers[step_count - 1] = Some(result);
+        }
+        steps.push(end);
+        Poll::Ready(())
+    })
+    .await;
+    let not_sent: Vec<bool> = answers.iter().map(Option::is_some).collect();
+
+    // Read every answer. Each step keeps its index so the answers land in order.
+    let mut pending: FuturesUnordered<_> = steps
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| answers[*index].is_none())
+        .map(|(index, step)| async move { (index, step.await) })
+        .collect();
+    while let Some((index, result)) = pending.next().await {
+        answers[index] = Some(result);
+    }
+    let answers = answers.into_iter().map(|a| a.expect("every step answered"));
+    classify(answers, &not_sent)
+}
+
+/// Derives the batch's outcome from every step's answer. `COMMIT`'s `Ok` alone proves
+/// nothing: after a failed statement PostgreSQL answers `COMMIT` with `ROLLBACK`, which
+/// tokio-postgres reports as success.
+fn classify(answers: impl Iterator<Item = StepResult>, not_sent: &[bool]) -> Result<Vec<StepOutput>, PipelineError> {
+    let mut answers: Vec<StepResult> = answers.collect();
+    let end = answers.pop().expect("the end step");
+    if *not_sent.last().expect("the end step") {
+        // Neither COMMIT nor ROLLBACK left the client: nothing can have committed.
+        return Err(PipelineError::Closed);
+    }
+    if let Some(index) = not_sent[1..not_sent.len() - 1].iter().position(|n| *n) {
+        let source = answers.swap_remove(index + 1).expect_err("a refused step fails");
+        return Err(PipelineError::Send { index, source });
+    }
+    let mut answers = answers.into_iter();
+    match answers.next().expect("the BEGIN step") {
+        Ok(_) => {}
+        Err(error) if error.as_db_error().is_some() => return Err(PipelineError::Connection(error)),
+        Err(error) => return Err(PipelineError::Unknown(Some(error))),
+    }
+    let mut outputs = Vec::with_capacity(answers.len());
+    for (index, answer) in answers.enumerate() {
+        match answer {
+            Ok(output) => outputs.push(output),
+            // Any server error inside the transaction aborts it: COMMIT became ROLLBACK.
+            Err(error) => {
+                return Err(match error.as_db_error() {
+                    Some(db_error) => PipelineError::Statement { index, error: Box::new(db_error.clone()) },
+                    None => PipelineError::Unknown(Some(error)),
+                });
+            }
+        }
+    }
+    match end {
+        Ok(_) => Ok(outputs),
+        Err(error) => match error.as_db_error() {
+            // An ERROR answer to COMMIT means the transaction rolled back. A FATAL or PANIC
+            // may come after the commit record was written: that is not knowable here.
+            Some(db_error) if matches!(db_error.parsed_severity(), Some(Severity::Error)) => {
+                Err(PipelineError::Commit(Box::new(db_error.clone())))
+            }
+            _ => Err(PipelineError::Unknown(Some(error))),
+        },
+    }
+}
+
+/// One request: an unnamed statement with caller-given types (Parse, Bind, Describe,
+/// Execute, Sync), its rows and its row count.
+async fn step(client: &Client, sql: &str, params: &Params<'_>) -> StepResult {
+    let stream = client.query_typed_raw(sql, params.iter()).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut rows = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        rows.push(row);
+    }
+    Ok(StepOutput { rows, affected: stream.rows_affected().unwrap_or(0) })
+}
+
+/// A statement's binds with their types, as sent on one connection.
+struct Params<'s> {
+    binds: Cow<'s, [Option<Vec<u8>>]>,
+    types: Cow<'s, [Type]>,
+}
+
+const NO_PARAMS: Params<'static> = Params { binds: Cow::Borrowed(&[]), types: Cow::Borrowed(&[]) };
+
+impl<'s> Params<'s> {
+    /// Fills in custom types and patches custom OIDs embedded in bind bytes; borrows the
+    /// statement as it is when it has none. Custom types were resolved on `connection`
+    /// before this is called.
+    fn new(statement: &'s Statement, connection: &Connection) -> Self {
+        if statement.custom_binds.is_empty() && statement.oid_patches.is_empty() {
+            return Params { binds: Cow::Borrowed(&statement.binds), types: Cow::Borrowed(&statement.types) };
+        }
+        let custom = |type_index: usize, array: bool| {
+            connection
+                .custom_type(&statement.custom_types[type_index], array)
+                .expect("custom types are resolved before sending")
+        };
+        let mut types = statement.types.clone();
+        for bind in &statement.custom_binds {
+            types[bind.bind] = custom(bind.type_index, bind.array).clone();
+        }
+        let mut binds = statement.binds.clone();
+        for patch in &statement.oid_patches {
+            let oid = custom(patch.type_index, patch.array).oid();
+            if let Some(bytes) = binds[patch.bind].as_mut() {
+                bytes[patch.offset..patch.offset + 4].copy_from_slice(&oid.to_be_bytes());
+            }
+        }
+        Params { binds: Cow::Owned(binds), types: Cow::Owned(types) }
+    }
+
+    fn iter(&self) -> impl ExactSizeIterator<Item = (RawBind<'_>, Type)> {
+        self.binds.iter().zip(self.types.iter()).map(|(bind, ty)| (RawBind(bind.as_deref()), ty.clone()))
+    }
+}
