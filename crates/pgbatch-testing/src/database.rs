@@ -1,0 +1,253 @@
+//! A fresh database per test.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use testcontainers::ContainerAsync;
+use testcontainers::runners::AsyncRunner;
+use testcontainers_modules::postgres::Postgres;
+use tokio::sync::OnceCell;
+use tokio_postgres::{Client, Config, NoTls};
+
+/// Where the server behind a [`TestDatabase`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerSource {
+    /// The `DATABASE_URL` environment variable.
+    DatabaseUrl,
+    /// The libpq environment variables (`PGHOST`, ...).
+    Libpq,
+    /// A container started through testcontainers.
+    Container,
+}
+
+/// Why no test database could be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// No server was configured and no Docker daemon answered.
+    #[error(
+        "no PostgreSQL server for tests: set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres), \
+         or the libpq variables PGHOST/PGPORT/PGUSER/PGPASSWORD, or start a Docker daemon so that a throwaway \
+         container can be used (Docker said: {docker})"
+    )]
+    NoServer {
+        /// Why the container could not be started.
+        docker: String,
+    },
+    /// `DATABASE_URL` does not parse as a connection string.
+    #[error("DATABASE_URL is not a valid connection string: {0}")]
+    InvalidUrl(#[source] tokio_postgres::Error),
+    /// The server was found but refused the connection or the `CREATE DATABASE`.
+    #[error("could not create a test database on the {source_name} server: {error}")]
+    Server {
+        /// Which server.
+        source_name: &'static str,
+        /// The server's error.
+        #[source]
+        error: tokio_postgres::Error,
+    },
+}
+
+/// The server tests run against, found once per process.
+struct Server {
+    admin: Config,
+    source: ServerSource,
+    /// Keeps the container, if any, alive for the whole process.
+    _container: Option<ContainerAsync<Postgres>>,
+}
+
+static SERVER: OnceCell<Server> = OnceCell::const_new();
+
+/// A database created for one test and dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    name: String,
+    config: Config,
+    admin: Config,
+    source: ServerSource,
+}
+
+impl TestDatabase {
+    /// Creates a fresh, empty database on the server found as the crate docs describe.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::NoServer`] when no server is configured and Docker does not answer;
+    /// [`SetupError::Server`] when the server refuses the connection or the database.
+    pub async fn create() -> Result<Self, SetupError> {
+        let server = SERVER.get_or_try_init(find_server).await?;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("pgbatch_test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let admin = connect(&server.admin).await.map_err(|error| server_error(server.source, error))?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .map_err(|error| server_error(server.source, error))?;
+        let mut config = server.admin.clone();
+        config.dbname(&name);
+        Ok(TestDatabase { name, config, admin: server.admin.clone(), source: server.source })
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where the server came from.
+    pub fn source(&self) -> ServerSource {
+        self.source
+    }
+
+    /// A tokio-postgres configuration for this database.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A `postgres://` URL for this database, for libraries that take one (diesel-async).
+    pub fn url(&self) -> String {
+        url_of(&self.config)
+    }
+
+    /// Opens a plain tokio-postgres connection to this database, with its driver spawned
+    /// on the current runtime. Use it to set up schemas and to check what a test wrote.
+    ///
+    /// # Errors
+    ///
+    /// The connection error.
+    pub async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.config).await
+    }
+
+    /// Runs SQL (several statements allowed) on a fresh connection to this database.
+    ///
+    /// # Errors
+    ///
+    /// The connection's or the server's error.
+    pub async fn execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.connect().await?.batch_execute(sql).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop may run inside a runtime (or while a test panics); a thread of its own with
+        // its own runtime can block on the DROP without either mattering.
+        let admin = self.admin.clone();
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let client = connect(&admin).await.ok()?;
+                client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("pgbatch-testing: could not drop test database; it will be dropped by the next test run");
+        }
+    }
+}
+
+async fn find_server() -> Result<Server, SetupError> {
+    let (admin, source, container) = if let Ok(url) = std::env::var("DATABASE_URL") {
+        (url.parse::<Config>().map_err(SetupError::InvalidUrl)?, ServerSource::DatabaseUrl, None)
+    } else if std::env::var_os("PGHOST").is_some() {
+        (libpq_config(), ServerSource::Libpq, None)
+    } else {
+        let container =
+            Postgres::default().start().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
+        let host = container.get_host().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
+        let port =
+            container.get_host_port_ipv4(5432).await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
+        let mut config = Config::new();
+        config.host(host.to_string()).port(port).user("postgres").password("postgres").dbname("postgres");
+        (config, ServerSource::Container, Some(container))
+    };
+    let server = Server { admin, source, _container: container };
+    drop_abandoned_databases(&server).await;
+    Ok(server)
+}
+
+fn libpq_config() -> Config {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut config = Config::new();
+    config.host(var("PGHOST").unwrap_or_else(|| "localhost".into()));
+    config.port(var("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432));
+    config.user(var("PGUSER").or_else(|| var("USER")).unwrap_or_else(|| "postgres".into()));
+    if let Some(password) = var("PGPASSWORD") {
+        config.password(password);
+    }
+    config.dbname(var("PGDATABASE").unwrap_or_else(|| "postgres".into()));
+    config.connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// Drops test databases whose creating process no longer runs (a test run killed before
+/// its databases could be dropped).
+async fn drop_abandoned_databases(server: &Server) {
+    let Ok(client) = connect(&server.admin).await else { return };
+    let Ok(rows) = client.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgbatch\\_test\\_%'", &[]).await else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.trim_start_matches("pgbatch_test_").split('_').next().and_then(|p| p.parse::<u32>().ok());
+        let abandoned = pid.is_some_and(|pid| {
+            pid != std::process::id()
+                && std::path::Path::new("/proc").exists()
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
+        if abandoned {
+            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        // The connection's end is reported to its client's requests; nothing to add here.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn server_error(source: ServerSource, error: tokio_postgres::Error) -> SetupError {
+    let source_name = match source {
+        ServerSource::DatabaseUrl => "DATABASE_URL",
+        ServerSource::Libpq => "PGHOST",
+        ServerSource::Container => "container",
+    };
+    SetupError::Server { source_name, error }
+}
+
+/// Renders a `Config` with one TCP host as a URL.
+fn url_of(config: &Config) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .collect::<String>()
+    };
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "localhost".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().map(encode).unwrap_or_default();
+    let password = config.get_password().map(|p| format!(":{}", encode(&String::from_utf8_lossy(p)))).unwrap_or_default();
+    let dbname = config.get_dbname().map(encode).unwrap_or_default();
+    format!("postgres://{user}{password}@{host}:{port}/{dbname}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_encoded() {
+        let mut config = Config::new();
+        config.host("127.0.0.1").port(5433).user("post gres").password("p@ss").dbname("db");
+        assert_eq!(url_of(&config), "postgres://post%20gres:p%40ss@127.0.0.1:5433/db");
+    }
+}
