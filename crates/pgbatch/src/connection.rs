@@ -109,7 +109,7 @@ impl Connection {
     ///
     /// The lookup goes through tokio-postgres's `RETURNING`-column type resolution, so its
     /// cache learns the type too and rows of that type decode without further queries.
-    pub(crate) async fn resolve_types<'a>(&mut self, names: impl IntoIterator<Item = &'a TypeName>) -> Result<(), ResolveError> {
+    pub(crate) async fn resolve_types(&mut self, names: Vec<&TypeName>) -> Result<(), ResolveError> {
         for name in names {
             if self.custom_types.contains_key(name) {
                 continue;

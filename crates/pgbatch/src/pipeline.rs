@@ -21,7 +21,7 @@ use tokio_postgres::{Client, Row};
 use crate::bind::RawBind;
 use crate::connection::{Connection, ResolveError};
 use crate::error::BuildError;
-use crate::statement::Statement;
+use crate::statement::{Statement, TypeName};
 
 /// What one statement returned.
 #[derive(Debug)]
@@ -58,7 +58,7 @@ type StepFuture<'a> = Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
 pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[&Statement]) -> Result<Vec<StepOutput>, PipelineError> {
     // The one exception to the single round trip: custom types the connection has not
     // met yet are looked up before anything of the batch is sent.
-    let custom_types = statements.iter().flat_map(|s| &s.custom_types);
+    let custom_types: Vec<&TypeName> = statements.iter().flat_map(|s| s.custom_types.iter()).collect();
     connection.resolve_types(custom_types).await.map_err(|error| match error {
         ResolveError::Unknown(error) => PipelineError::Build(error),
         ResolveError::Connection(error) => PipelineError::Connection(error),

@@ -1,0 +1,102 @@
+//! Dropped batch futures and panicking tasks: all or nothing, and no connection goes back
+//! to the pool inside a transaction.
+
+use std::task::Poll;
+
+use diesel::sql_types::Double;
+use pgbatch::Batch;
+
+use crate::common::*;
+
+/// Three inserts around a sleep, so the batch is still running when its future goes.
+fn slow_batch(tag: &str) -> Batch {
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, &format!("{tag} 1")));
+    batch.push(diesel::sql_query("SELECT pg_sleep($1)").bind::<Double, _>(0.3));
+    batch.push(insert_note(1, &format!("{tag} 2")));
+    batch.push(insert_note(1, &format!("{tag} 3")));
+    batch
+}
+
+async fn notes_tagged(h: &Harness, tag: &str) -> i64 {
+    h.count(&format!("SELECT count(*) FROM note WHERE body LIKE '{tag} %'")).await
+}
+
+/// Runs a batch on every connection of `pool`: it can only run after whatever is queued on
+/// that connection, and it must commit.
+async fn pool_still_works(h: &Harness, pool: &Pool) {
+    let mut tasks = Vec::new();
+    for i in 0..pool.state().connections.max(1) {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut batch = Batch::new();
+            batch.push(insert_note(1, &format!("after {i}")));
+            batch.run(&pool).await.map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("the pool runs batches after the interruption");
+    }
+    assert_eq!(h.idle_in_transaction().await, 0, "no backend may be left inside a transaction");
+}
+
+#[tokio::test]
+async fn a_batch_dropped_before_its_first_poll_sends_nothing() {
+    let h = Harness::new().await;
+    let proxy = h.proxy().await;
+    let pool = h.pool_through(&proxy, 1).await;
+    drop(pool.get().await.unwrap());
+    let (before, bytes) = (h.snapshot().await, proxy.client_bytes());
+    let batch = slow_batch("unpolled");
+    let future = batch.run(&pool);
+    drop(future);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(proxy.client_bytes(), bytes);
+    assert_eq!(h.snapshot().await, before);
+    pool_still_works(&h, &pool).await;
+}
+
+#[tokio::test]
+async fn a_batch_dropped_after_its_first_poll_runs_whole_on_the_server() {
+    let h = Harness::new().await;
+    let mut connection = h.pool.get().await.unwrap();
+    let batch = slow_batch("polled");
+    let mut future = Box::pin(batch.run(&mut connection));
+    assert!(matches!(futures_util::poll!(&mut future), Poll::Pending));
+    drop(future);
+    drop(connection);
+    // Every connection of the pool runs a batch; the one that carried the dropped batch
+    // runs it after the dropped pipeline, which therefore has ended by now.
+    pool_still_works(&h, &h.pool).await;
+    assert_eq!(notes_tagged(&h, "polled").await, 3, "once sent, the whole pipeline runs");
+}
+
+#[tokio::test]
+async fn a_batch_dropped_while_waiting_on_the_pool_is_all_or_nothing() {
+    let h = Harness::new().await;
+    for attempt in 0..5 {
+        let tag = format!("timeout{attempt}");
+        let batch = slow_batch(&tag);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50 * attempt), batch.run(&h.pool)).await;
+        pool_still_works(&h, &h.pool).await;
+        let n = notes_tagged(&h, &tag).await;
+        assert!(n == 0 || n == 3, "{n} of 3 rows: a dropped batch must be all or nothing");
+    }
+}
+
+#[tokio::test]
+async fn a_task_that_panics_mid_batch_leaves_no_open_transaction() {
+    let h = Harness::new().await;
+    let pool = h.pool.clone();
+    let task = tokio::spawn(async move {
+        let mut connection = pool.get().await.unwrap();
+        let batch = slow_batch("panicked");
+        let mut future = Box::pin(batch.run(&mut connection));
+        let _ = futures_util::poll!(&mut future);
+        panic!("the request handler fails while its batch is in flight");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    pool_still_works(&h, &h.pool).await;
+    let n = notes_tagged(&h, "panicked").await;
+    assert!(n == 0 || n == 3, "{n} of 3 rows");
+}

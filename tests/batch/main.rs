@@ -1,0 +1,14 @@
+//! End-to-end tests of the batch core against a real PostgreSQL: each test gets a database
+//! of its own (see `pgbatch-testing`).
+
+// Test modules share helpers with `pub`; nothing here is an API.
+#![allow(unreachable_pub, missing_docs)]
+
+mod cancellation;
+mod commit;
+mod common;
+mod connection_loss;
+mod custom_types;
+mod failures;
+mod large;
+mod not_sent;
