@@ -41,8 +41,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. A failure forced in the second statement (a stale counter row already holds the
     //    new project's id): nothing of the batch remains, the project row included.
     let id = Uuid::new_v4();
-    db.execute(&format!("INSERT INTO virtual_provisioning_collection (id, collection_type) VALUES ('{id}', 'project')"))
-        .await?;
+    db.execute(&format!(
+        "INSERT INTO virtual_provisioning_collection (id, collection_type) VALUES ('{id}', 'project')"
+    ))
+    .await?;
     let (fragment, _) = project::create(id, silo_id, "gemini");
     let mut batch = Batch::<ProjectError>::default();
     batch.append(fragment);

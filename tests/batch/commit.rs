@@ -31,7 +31,11 @@ async fn five_statements_commit_and_every_handle_reads_its_result() {
         .label("insert notes")
         .all::<String>();
     let debited = batch
-        .push(diesel::update(account::table).filter(account::balance.gt(0)).set(account::balance.eq(account::balance - 1)))
+        .push(
+            diesel::update(account::table)
+                .filter(account::balance.gt(0))
+                .set(account::balance.eq(account::balance - 1)),
+        )
         .label("debit all")
         .affected();
     let missing = batch.push(account::table.find(99).select(Account::as_select())).label("find 99").optional();
@@ -42,10 +46,7 @@ async fn five_statements_commit_and_every_handle_reads_its_result() {
 
     let committed = batch.run(&h.pool).await.expect("the batch commits");
 
-    assert_eq!(
-        committed.get(&created).unwrap(),
-        Account { id: 2, email: "second@example.com".into(), balance: 5 }
-    );
+    assert_eq!(committed.get(&created).unwrap(), Account { id: 2, email: "second@example.com".into(), balance: 5 });
     assert_eq!(committed.get(&notes).unwrap(), vec!["a", "b", "c"]);
     assert_eq!(committed.get(&debited).unwrap(), 2, "both accounts had a positive balance");
     assert_eq!(committed.get(&missing).unwrap(), None);
@@ -78,13 +79,20 @@ async fn a_handle_refuses_a_row_count_that_does_not_fit_it() {
     let mut batch = Batch::new();
     let none = batch.push(account::table.filter(account::id.eq(42)).select(account::id)).label("find 42").one::<i64>();
     let many = batch
-        .push(diesel::insert_into(note::table).values(vec![(note::account_id.eq(1), note::body.eq("x")); 2]).returning(note::id))
+        .push(
+            diesel::insert_into(note::table)
+                .values(vec![(note::account_id.eq(1), note::body.eq("x")); 2])
+                .returning(note::id),
+        )
         .optional::<i64>();
     let committed = batch.run(&h.pool).await.unwrap();
 
     match committed.get(&none) {
         Err(ResultError::UnexpectedRowCount { statement, expected, actual }) => {
-            assert_eq!((statement.index(), statement.label(), expected, actual), (0, Some("find 42"), "exactly one", 0));
+            assert_eq!(
+                (statement.index(), statement.label(), expected, actual),
+                (0, Some("find 42"), "exactly one", 0)
+            );
         }
         other => panic!("expected UnexpectedRowCount, got {other:?}"),
     }

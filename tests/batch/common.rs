@@ -154,7 +154,10 @@ impl Harness {
         for table in tables {
             let row = self
                 .client
-                .query_one(&format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t::text), '') FROM {table} t"), &[])
+                .query_one(
+                    &format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t::text), '') FROM {table} t"),
+                    &[],
+                )
                 .await
                 .expect("snapshot");
             out.push_str(&format!("{table}: {}\n", row.get::<_, String>(0)));

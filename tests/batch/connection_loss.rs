@@ -96,7 +96,8 @@ async fn a_closed_connection_sends_nothing_and_the_pool_replaces_it() {
     config.application_name("pgbatch-closed");
     let pool = pool(config, 1).await;
     drop(pool.get().await.unwrap());
-    h.count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgbatch-closed'").await;
+    h.count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgbatch-closed'")
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await; // the client notices the close
     let mut batch = Batch::new();
     batch.push(insert_note(1, "after close"));

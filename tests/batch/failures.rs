@@ -36,7 +36,10 @@ fn batch_failing_at(k: usize, failing: Failing) -> Batch {
                 }
                 Failing::NotNull => {
                     batch
-                        .push(diesel::sql_query("INSERT INTO note (account_id, body) VALUES ($1, NULL)").bind::<BigInt, _>(1))
+                        .push(
+                            diesel::sql_query("INSERT INTO note (account_id, body) VALUES ($1, NULL)")
+                                .bind::<BigInt, _>(1),
+                        )
                         .label(label);
                 }
             }
@@ -50,7 +53,9 @@ fn batch_failing_at(k: usize, failing: Failing) -> Batch {
                 batch.push(insert_note(1, "one")).label(label);
             }
             2 => {
-                batch.push(diesel::update(account::table.find(1)).set(account::balance.eq(account::balance - 10))).label(label);
+                batch
+                    .push(diesel::update(account::table.find(1)).set(account::balance.eq(account::balance - 10)))
+                    .label(label);
             }
             3 => {
                 batch.push(insert_account(11, "eleven@example.com")).label(label);
@@ -146,7 +151,12 @@ async fn other_server_errors_keep_code_message_and_hint() {
     let cause = err.cause().expect("a server cause");
     let Cause::Server(db_error) = cause else { panic!("{cause}") };
     assert_eq!(db_error.code().code(), "42703");
-    assert!(err.to_string().contains("statement 1 (\"bad column\") of 2 failed: ERROR 42703: column \"no_such_column\" does not exist"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "statement 1 (\"bad column\") of 2 failed: ERROR 42703: column \"no_such_column\" does not exist"
+        ),
+        "{err}"
+    );
     assert_eq!(h.count("SELECT count(*) FROM note").await, 0);
 }
 
@@ -165,6 +175,9 @@ async fn a_deferred_foreign_key_fails_at_commit_not_at_a_statement() {
     assert_eq!(v.constraint(), Some("audit_account_deferred_fk"));
     assert_eq!(failure.statement_count(), 2);
     assert!(err.statement_failure().is_none());
-    assert!(err.to_string().starts_with("commit failed: foreign-key violation on \"audit_account_deferred_fk\""), "{err}");
+    assert!(
+        err.to_string().starts_with("commit failed: foreign-key violation on \"audit_account_deferred_fk\""),
+        "{err}"
+    );
     assert_eq!(h.snapshot().await, before);
 }

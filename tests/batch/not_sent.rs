@@ -49,7 +49,9 @@ async fn a_statement_with_65536_binds_sends_nothing() {
 
     // 65535 binds is the protocol's limit and goes through.
     let mut batch = Batch::new();
-    let rows: Vec<_> = (0..21_845).map(|i| (account::id.eq(100 + i), account::email.eq(format!("a{i}@x")), account::balance.eq(0))).collect();
+    let rows: Vec<_> = (0..21_845)
+        .map(|i| (account::id.eq(100 + i), account::email.eq(format!("a{i}@x")), account::balance.eq(0)))
+        .collect();
     batch.push(diesel::insert_into(account::table).values(&rows));
     batch.run(&h.pool).await.unwrap();
     assert_eq!(h.count("SELECT count(*) FROM account").await, 21_846);
@@ -79,6 +81,9 @@ async fn an_unknown_custom_type_sends_nothing_of_the_batch() {
     batch.push(diesel::insert_into(feeling::table).values((feeling::account_id.eq(1), feeling::mood.eq(Mood::Sad))));
     let before = h.snapshot().await;
     let err = batch.run(&h.pool).await.unwrap_err();
-    assert!(matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::UnknownType { ref name } if name == "mood")), "{err}");
+    assert!(
+        matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::UnknownType { ref name } if name == "mood")),
+        "{err}"
+    );
     assert_eq!(h.snapshot().await, before);
 }

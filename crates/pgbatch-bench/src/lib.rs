@@ -1,1 +1,119 @@
-pub fn x(){}
+//! Shared pieces of pgbatch's measurement binaries: a database behind a delaying proxy, and
+//! latency statistics.
+
+use std::time::{Duration, Instant};
+
+use pgbatch::Connection;
+use pgbatch_testing::{Proxy, TestDatabase};
+
+/// A throwaway database, reached directly or through a proxy that delays each direction.
+pub struct Setup {
+    /// The database (dropped with this value).
+    pub db: TestDatabase,
+}
+
+impl Setup {
+    /// Creates a database (found as `pgbatch-testing` describes) and runs `schema` in it.
+    ///
+    /// # Errors
+    ///
+    /// When no PostgreSQL can be reached or the schema fails.
+    pub async fn new(schema: &str) -> Result<Self, Box<dyn std::error::Error>> {
+        let db = TestDatabase::create().await?;
+        db.execute(schema).await?;
+        Ok(Setup { db })
+    }
+
+    /// A proxy in front of the server that delays each direction by `one_way`.
+    ///
+    /// # Errors
+    ///
+    /// When the proxy cannot listen.
+    pub async fn proxy(&self, one_way: Duration) -> Result<Proxy, Box<dyn std::error::Error>> {
+        let config = self.db.config();
+        let host = match &config.get_hosts()[0] {
+            pgbatch::tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            #[allow(unreachable_patterns)]
+            _ => return Err("the benchmarks need a TCP server address".into()),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or("server address")?;
+        Ok(Proxy::builder(target).delay(one_way).start().await?)
+    }
+
+    /// The database's configuration with `proxy` as its only host.
+    pub fn config_via(&self, proxy: &Proxy) -> pgbatch::tokio_postgres::Config {
+        let original = self.db.config();
+        let mut config = pgbatch::tokio_postgres::Config::new();
+        config.host(proxy.addr().ip().to_string()).port(proxy.addr().port());
+        if let Some(user) = original.get_user() {
+            config.user(user);
+        }
+        if let Some(dbname) = original.get_dbname() {
+            config.dbname(dbname);
+        }
+        if let Some(password) = original.get_password() {
+            config.password(password);
+        }
+        config
+    }
+
+    /// A pgbatch connection through `proxy`.
+    ///
+    /// # Errors
+    ///
+    /// When the connection fails.
+    pub async fn connect_via(&self, proxy: &Proxy) -> Result<Connection, pgbatch::ConnectError> {
+        Connection::connect_with(&self.config_via(proxy), pgbatch::tokio_postgres::NoTls).await
+    }
+}
+
+/// Runs `run` `warmup + samples` times and returns the latencies of the last `samples`.
+///
+/// # Errors
+///
+/// The first error `run` returns.
+pub async fn sample<E>(
+    warmup: usize,
+    samples: usize,
+    mut run: impl AsyncFnMut() -> Result<(), E>,
+) -> Result<Vec<Duration>, E> {
+    for _ in 0..warmup {
+        run().await?;
+    }
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let start = Instant::now();
+        run().await?;
+        latencies.push(start.elapsed());
+    }
+    Ok(latencies)
+}
+
+/// The `q`-quantile (0.5 for the median) of `latencies`, by nearest rank.
+pub fn quantile(latencies: &[Duration], q: f64) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// How many round trips of `2 * one_way` the delay added: `(with - without) / (2 * one_way)`.
+pub fn effective_round_trips(with_delay: Duration, without: Duration, one_way: Duration) -> f64 {
+    (with_delay.as_secs_f64() - without.as_secs_f64()) / (2.0 * one_way.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_by_nearest_rank() {
+        let ms = |n| Duration::from_millis(n);
+        let values = [ms(5), ms(1), ms(3), ms(2), ms(4)];
+        assert_eq!(quantile(&values, 0.5), ms(3));
+        assert_eq!(quantile(&values, 0.99), ms(5));
+        assert_eq!(quantile(&values, 0.0), ms(1));
+        assert!((effective_round_trips(ms(25), ms(5), ms(10)) - 1.0).abs() < 1e-9);
+    }
+}

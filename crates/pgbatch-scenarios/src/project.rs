@@ -75,7 +75,9 @@ pub fn create(id: Uuid, silo_id: Uuid, name: &str) -> (Fragment<ProjectError>, O
         Cause::UniqueViolation(v) if v.constraint() == Some("project_name_unique") => {
             Some(ProjectError::AlreadyExists { name: name.clone() })
         }
-        Cause::GuardFailed(guard) if guard.label() == Some(labels::SILO_EXISTS) => Some(ProjectError::SiloNotFound(silo_id)),
+        Cause::GuardFailed(guard) if guard.label() == Some(labels::SILO_EXISTS) => {
+            Some(ProjectError::SiloNotFound(silo_id))
+        }
         _ => None,
     });
     (fragment, project)

@@ -39,7 +39,7 @@ pub enum SetupError {
     #[error("DATABASE_URL is not a valid connection string: {0}")]
     InvalidUrl(#[source] tokio_postgres::Error),
     /// The server was found but refused the connection or the `CREATE DATABASE`.
-    #[error("could not create a test database on the {source_name} server: {error}")]
+    #[error("could not create a test database on the {source_name} server: {}", chain(error))]
     Server {
         /// Which server.
         source_name: &'static str,
@@ -47,6 +47,19 @@ pub enum SetupError {
         #[source]
         error: tokio_postgres::Error,
     },
+}
+
+/// An error and its sources on one line: tokio-postgres puts the cause (connection
+/// refused, authentication failed) in the source, not in its own message.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The server tests run against, found once per process.
@@ -158,8 +171,10 @@ async fn find_server() -> Result<Server, SetupError> {
         let container =
             Postgres::default().start().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
         let host = container.get_host().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
-        let port =
-            container.get_host_port_ipv4(5432).await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
+        let port = container
+            .get_host_port_ipv4(5432)
+            .await
+            .map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
         let mut config = Config::new();
         config.host(host.to_string()).port(port).user("postgres").password("postgres").dbname("postgres");
         (config, ServerSource::Container, Some(container))
@@ -187,7 +202,8 @@ fn libpq_config() -> Config {
 /// its databases could be dropped).
 async fn drop_abandoned_databases(server: &Server) {
     let Ok(client) = connect(&server.admin).await else { return };
-    let Ok(rows) = client.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgbatch\\_test\\_%'", &[]).await else {
+    let Ok(rows) = client.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgbatch\\_test\\_%'", &[]).await
+    else {
         return;
     };
     for row in rows {
@@ -226,7 +242,13 @@ fn server_error(source: ServerSource, error: tokio_postgres::Error) -> SetupErro
 fn url_of(config: &Config) -> String {
     let encode = |s: &str| {
         s.bytes()
-            .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
             .collect::<String>()
     };
     let host = match config.get_hosts().first() {
@@ -235,7 +257,8 @@ fn url_of(config: &Config) -> String {
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let user = config.get_user().map(encode).unwrap_or_default();
-    let password = config.get_password().map(|p| format!(":{}", encode(&String::from_utf8_lossy(p)))).unwrap_or_default();
+    let password =
+        config.get_password().map(|p| format!(":{}", encode(&String::from_utf8_lossy(p)))).unwrap_or_default();
     let dbname = config.get_dbname().map(encode).unwrap_or_default();
     format!("postgres://{user}{password}@{host}:{port}/{dbname}")
 }

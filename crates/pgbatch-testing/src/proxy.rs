@@ -157,8 +157,15 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (kill, killed) = watch::channel(false);
     let kill = Arc::new(kill);
     let (mute, muted) = watch::channel(false);
-    let upstream = Direction { read: client_read, write: server_write, delay: shared.delay, kill: Arc::clone(&kill), muted: None };
-    let downstream = Direction { read: server_read, write: client_write, delay: shared.delay, kill: Arc::clone(&kill), muted: Some(muted) };
+    let upstream =
+        Direction { read: client_read, write: server_write, delay: shared.delay, kill: Arc::clone(&kill), muted: None };
+    let downstream = Direction {
+        read: server_read,
+        write: client_write,
+        delay: shared.delay,
+        kill: Arc::clone(&kill),
+        muted: Some(muted),
+    };
     drop(killed);
     let inspect = Inspector { shared: Arc::clone(&shared), tail: Vec::new(), kill, mute };
     tokio::join!(upstream.run(Some(inspect)), downstream.run(None));

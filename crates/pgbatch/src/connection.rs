@@ -9,6 +9,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, NoTls, Socket};
 
 use crate::error::{BuildError, ConnectError};
+use crate::retry::RetryPolicy;
 use crate::statement::TypeName;
 
 /// A PostgreSQL connection that runs batches.
@@ -30,6 +31,8 @@ pub struct Connection {
     /// Set when a two-phase batch may have left a transaction open and its `ROLLBACK` could
     /// not be queued; the pool discards such a connection.
     poisoned: bool,
+    /// The retry policy of batches that set none.
+    retry: RetryPolicy,
 }
 
 impl Connection {
@@ -60,7 +63,7 @@ impl Connection {
                 tracing::warn!(%error, "PostgreSQL connection ended with an error");
             }
         });
-        Ok(Connection { client, driver, custom_types: HashMap::new(), poisoned: false })
+        Ok(Connection { client, driver, custom_types: HashMap::new(), poisoned: false, retry: RetryPolicy::default() })
     }
 
     /// Whether the connection is closed: batches on it fail with nothing sent.
@@ -90,6 +93,16 @@ impl Connection {
     pub fn clear_type_cache(&mut self) {
         self.custom_types.clear();
         self.client.clear_type_cache();
+    }
+
+    /// Sets the retry policy of batches on this connection that set none.
+    pub fn set_retry_policy(&mut self, policy: RetryPolicy) {
+        self.retry = policy;
+    }
+
+    /// The retry policy of batches on this connection that set none.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     pub(crate) fn client(&self) -> &Client {
@@ -122,9 +135,8 @@ impl Connection {
                 }
                 Err(error) => return Err(ResolveError::Connection(error)),
             };
-            let [element, array] = <[Type; 2]>::try_from(types).map_err(|_| {
-                ResolveError::Unknown(BuildError::UnknownType { name: name.to_string() })
-            })?;
+            let [element, array] = <[Type; 2]>::try_from(types)
+                .map_err(|_| ResolveError::Unknown(BuildError::UnknownType { name: name.to_string() }))?;
             tracing::debug!(%name, oid = element.oid(), "resolved custom type");
             self.custom_types.insert(name.clone(), (element, array));
         }

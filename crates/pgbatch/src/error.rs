@@ -16,7 +16,8 @@ use crate::guard::GuardFailure;
 /// | variant | committed? |
 /// |---|---|
 /// | [`Invalid`](Error::Invalid), [`Connection`](Error::Connection), [`ConnectionClosed`](Error::ConnectionClosed), [`Pool`](Error::Pool) | no |
-/// | [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`Send`](Error::Send) | no, the transaction was rolled back |
+/// | [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`IdempotencyMarker`](Error::IdempotencyMarker), [`Send`](Error::Send) | no, the transaction was rolled back |
+/// | [`AlreadyCommitted`](Error::AlreadyCommitted) | not now: an earlier run with the same key did |
 /// | [`OutcomeUnknown`](Error::OutcomeUnknown) | unknown: it may have committed |
 ///
 /// `E` is the domain error that fragments map their failures to (see
@@ -78,6 +79,22 @@ pub enum Error<E = Infallible> {
     #[error("batch not sent: connection failed: {0}")]
     Connection(#[source] tokio_postgres::Error),
 
+    /// The batch's idempotency key had already committed: this run applied nothing.
+    /// Treat it as the earlier run's success (see [`idempotency`](crate::idempotency)).
+    #[error(transparent)]
+    AlreadyCommitted(crate::idempotency::AlreadyCommitted),
+
+    /// The idempotency marker could not be written, so nothing was committed. Usually the
+    /// marker table is missing: create it with
+    /// [`idempotency::install`](crate::idempotency::install).
+    #[error("batch rolled back: its idempotency marker could not be written: {cause}")]
+    IdempotencyMarker {
+        /// The server's reason.
+        cause: Cause,
+        /// How many times the batch was run.
+        attempts: u32,
+    },
+
     /// The connection was closed before the batch's `COMMIT` could be sent: nothing was
     /// committed. Run the batch again; a pool discards closed connections.
     #[error("batch not committed: the connection is closed")]
@@ -121,6 +138,7 @@ impl<E> Error<E> {
         match self {
             Error::Statement(failure) | Error::Domain { failure, .. } => Some(failure.cause()),
             Error::Commit(failure) => Some(failure.cause()),
+            Error::IdempotencyMarker { cause, .. } => Some(cause),
             _ => None,
         }
     }
@@ -139,16 +157,8 @@ impl<E> Error<E> {
             Error::Statement(failure) | Error::Domain { failure, .. } => failure.attempts,
             Error::Commit(failure) => failure.attempts,
             Error::OutcomeUnknown(unknown) => unknown.attempts,
+            Error::IdempotencyMarker { attempts, .. } => *attempts,
             _ => 1,
-        }
-    }
-
-    pub(crate) fn set_attempts(&mut self, attempts: u32) {
-        match self {
-            Error::Statement(failure) | Error::Domain { failure, .. } => failure.attempts = attempts,
-            Error::Commit(failure) => failure.attempts = attempts,
-            Error::OutcomeUnknown(unknown) => unknown.attempts = attempts,
-            _ => {}
         }
     }
 
@@ -174,8 +184,14 @@ impl<E> fmt::Display for WithoutDomain<'_, E> {
             Error::OutcomeUnknown(unknown) => unknown.fmt(f),
             Error::Connection(source) => write!(f, "batch not sent: connection failed: {source}"),
             Error::ConnectionClosed => f.write_str("batch not committed: the connection is closed"),
+            Error::AlreadyCommitted(already) => already.fmt(f),
+            Error::IdempotencyMarker { cause, .. } => {
+                write!(f, "batch rolled back: its idempotency marker could not be written: {cause}")
+            }
             Error::Pool(source) => write!(f, "batch not sent: {source}"),
-            Error::Send { statement, source } => write!(f, "batch rolled back: {statement} could not be sent: {source}"),
+            Error::Send { statement, source } => {
+                write!(f, "batch rolled back: {statement} could not be sent: {source}")
+            }
         }
     }
 }
@@ -198,6 +214,8 @@ impl Error<Infallible> {
             Error::OutcomeUnknown(unknown) => Error::OutcomeUnknown(unknown),
             Error::Connection(source) => Error::Connection(source),
             Error::ConnectionClosed => Error::ConnectionClosed,
+            Error::AlreadyCommitted(already) => Error::AlreadyCommitted(already),
+            Error::IdempotencyMarker { cause, attempts } => Error::IdempotencyMarker { cause, attempts },
             Error::Pool(source) => Error::Pool(source),
             Error::Send { statement, source } => Error::Send { statement, source },
         }

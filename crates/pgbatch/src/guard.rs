@@ -99,7 +99,12 @@ impl fmt::Display for GuardFailure {
 }
 
 /// Wraps `sql` so that it fails unless it returns or modifies `expectation`'s row count.
-pub(crate) fn wrap_row_count(sql: &str, shape: SqlShape, expectation: Expectation, label: Option<&str>) -> Result<String, BuildError> {
+pub(crate) fn wrap_row_count(
+    sql: &str,
+    shape: SqlShape,
+    expectation: Expectation,
+    label: Option<&str>,
+) -> Result<String, BuildError> {
     let Expectation::Rows { min, max } = expectation else {
         unreachable!("row-count guards are built from Expectation::Rows")
     };
@@ -159,9 +164,8 @@ pub(crate) fn failure_from(error: &DbError, expectation: Expectation, label: Opt
     }
     let message = error.message();
     let start = message.find(MARKER)?;
-    let actual_rows = message[start..]
-        .split_once("rows=")
-        .and_then(|(_, rest)| rest.trim_end_matches('"').parse().ok());
+    let actual_rows =
+        message[start..].split_once("rows=").and_then(|(_, rest)| rest.trim_end_matches('"').parse().ok());
     Some(GuardFailure { label: label.map(str::to_owned), expectation, actual_rows })
 }
 
@@ -171,8 +175,16 @@ mod tests {
 
     #[test]
     fn row_count_guard_on_plain_update_adds_returning() {
-        let sql = wrap_row_count("UPDATE t SET a = 1;", SqlShape::Modify, Expectation::Rows { min: 1, max: Some(1) }, Some("x */ y")).unwrap();
-        assert!(sql.starts_with("/* pgbatch guard: x * / y */ WITH pgbatch_guarded AS (UPDATE t SET a = 1 RETURNING 1) SELECT  FROM"));
+        let sql = wrap_row_count(
+            "UPDATE t SET a = 1;",
+            SqlShape::Modify,
+            Expectation::Rows { min: 1, max: Some(1) },
+            Some("x */ y"),
+        )
+        .unwrap();
+        assert!(sql.starts_with(
+            "/* pgbatch guard: x * / y */ WITH pgbatch_guarded AS (UPDATE t SET a = 1 RETURNING 1) SELECT  FROM"
+        ));
         assert!(sql.contains("count(*) = 1"));
     }
 

@@ -99,24 +99,30 @@ mod error;
 mod fragment;
 pub mod guard;
 mod handle;
+pub mod idempotency;
 mod options;
 mod pipeline;
 mod pool;
 mod results;
+mod retry;
 mod row;
 mod sql_shape;
 mod statement;
+mod two_phase;
 
 pub use batch::Batch;
 pub use connection::{Connection, Tls};
 pub use error::{
-    BuildError, Cause, CommitFailure, ConnectError, Error, OutcomeUnknown, PoolError, ResultError, StatementFailure, StatementOutcome,
-    StatementRef, Violation,
+    BuildError, Cause, CommitFailure, ConnectError, Error, OutcomeUnknown, PoolError, ResultError, StatementFailure,
+    StatementOutcome, StatementRef, Violation,
 };
 pub use fragment::{Fragment, GuardBuilder, StatementBuilder};
 pub use handle::{Affected, All, Handle, One, Optional};
+pub use idempotency::IdempotencyKey;
 pub use options::{IsolationLevel, TransactionOptions};
 pub use pool::{Acquire, ConnectionManager};
 pub use results::Committed;
+pub use retry::RetryPolicy;
 pub use statement::MAX_BINDS;
 pub use tokio_postgres;
+pub use two_phase::Prepared;

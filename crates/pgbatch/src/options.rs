@@ -60,7 +60,8 @@ mod tests {
     #[test]
     fn begin_statements() {
         assert_eq!(TransactionOptions::default().begin_sql(), "BEGIN");
-        let options = TransactionOptions { isolation: Some(IsolationLevel::Serializable), read_only: true, deferrable: true };
+        let options =
+            TransactionOptions { isolation: Some(IsolationLevel::Serializable), read_only: true, deferrable: true };
         assert_eq!(options.begin_sql(), "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE");
     }
 }

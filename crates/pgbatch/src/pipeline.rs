@@ -54,8 +54,24 @@ pub(crate) enum PipelineError {
 type StepResult = Result<StepOutput, tokio_postgres::Error>;
 type StepFuture<'a> = Pin<Box<dyn Future<Output = StepResult> + Send + 'a>>;
 
-/// Runs `statements` between `begin` and `COMMIT` in one round trip.
-pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[&Statement]) -> Result<Vec<StepOutput>, PipelineError> {
+/// How the pipeline ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// With `COMMIT`, in the same round trip.
+    Commit,
+    /// Without: the transaction stays open for a second round trip (two-phase batches). The
+    /// caller must end it, also when the pipeline fails.
+    Open,
+}
+
+/// Runs `statements` after `begin`, then `COMMIT` unless `end` is [`End::Open`], in one
+/// round trip.
+pub(crate) async fn run(
+    connection: &mut Connection,
+    begin: &str,
+    statements: &[&Statement],
+    end: End,
+) -> Result<Vec<StepOutput>, PipelineError> {
     // The one exception to the single round trip: custom types the connection has not
     // met yet are looked up before anything of the batch is sent.
     let custom_types: Vec<&TypeName> = statements.iter().flat_map(|s| s.custom_types.iter()).collect();
@@ -69,7 +85,7 @@ pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[
     let params: Vec<Params<'_>> = statements.iter().map(|s| Params::new(s, connection)).collect();
     let client = connection.client();
 
-    let step_count = statements.len() + 2;
+    let step_count = statements.len() + 1 + usize::from(end == End::Commit);
     let mut steps: Vec<StepFuture<'_>> = Vec::with_capacity(step_count);
     let mut answers: Vec<Option<StepResult>> = (0..step_count).map(|_| None).collect();
     steps.push(Box::pin(step(client, begin, &NO_PARAMS)));
@@ -86,12 +102,15 @@ pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[
                 *answer = Some(result);
             }
         }
-        let refused = answers.iter().any(Option::is_some);
-        let mut end: StepFuture<'_> = Box::pin(step(client, if refused { "ROLLBACK" } else { "COMMIT" }, &NO_PARAMS));
-        if let Poll::Ready(result) = end.as_mut().poll(cx) {
-            answers[step_count - 1] = Some(result);
+        if end == End::Commit {
+            let refused = answers.iter().any(Option::is_some);
+            let mut end: StepFuture<'_> =
+                Box::pin(step(client, if refused { "ROLLBACK" } else { "COMMIT" }, &NO_PARAMS));
+            if let Poll::Ready(result) = end.as_mut().poll(cx) {
+                answers[step_count - 1] = Some(result);
+            }
+            steps.push(end);
         }
-        steps.push(end);
         Poll::Ready(())
     })
     .await;
@@ -108,20 +127,48 @@ pub(crate) async fn run(connection: &mut Connection, begin: &str, statements: &[
         answers[index] = Some(result);
     }
     let answers = answers.into_iter().map(|a| a.expect("every step answered"));
-    classify(answers, &not_sent)
+    classify(answers, &not_sent, end)
+}
+
+/// Sends `COMMIT` for a transaction left open by [`End::Open`]: the second round trip of a
+/// two-phase batch.
+pub(crate) async fn commit(connection: &Connection) -> Result<(), PipelineError> {
+    if connection.is_closed() {
+        return Err(PipelineError::Closed);
+    }
+    let mut commit = std::pin::pin!(step(connection.client(), "COMMIT", &NO_PARAMS));
+    // A COMMIT the client refused to send was never sent: nothing committed.
+    let not_sent = poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx))).await;
+    let answer = match not_sent {
+        Poll::Ready(answer) => return answer.map(drop).map_err(|_| PipelineError::Closed),
+        Poll::Pending => commit.await,
+    };
+    classify_commit(answer.map(drop))
 }
 
 /// Derives the batch's outcome from every step's answer. `COMMIT`'s `Ok` alone proves
 /// nothing: after a failed statement PostgreSQL answers `COMMIT` with `ROLLBACK`, which
 /// tokio-postgres reports as success.
-fn classify(answers: impl Iterator<Item = StepResult>, not_sent: &[bool]) -> Result<Vec<StepOutput>, PipelineError> {
+fn classify(
+    answers: impl Iterator<Item = StepResult>,
+    not_sent: &[bool],
+    end: End,
+) -> Result<Vec<StepOutput>, PipelineError> {
     let mut answers: Vec<StepResult> = answers.collect();
-    let end = answers.pop().expect("the end step");
-    if *not_sent.last().expect("the end step") {
-        // Neither COMMIT nor ROLLBACK left the client: nothing can have committed.
+    let (end_answer, statements_not_sent) = match end {
+        End::Commit => {
+            if *not_sent.last().expect("the end step") {
+                // Neither COMMIT nor ROLLBACK left the client: nothing can have committed.
+                return Err(PipelineError::Closed);
+            }
+            (answers.pop(), &not_sent[1..not_sent.len() - 1])
+        }
+        End::Open => (None, &not_sent[1..]),
+    };
+    if not_sent[0] {
         return Err(PipelineError::Closed);
     }
-    if let Some(index) = not_sent[1..not_sent.len() - 1].iter().position(|n| *n) {
+    if let Some(index) = statements_not_sent.iter().position(|n| *n) {
         let source = answers.swap_remove(index + 1).expect_err("a refused step fails");
         return Err(PipelineError::Send { index, source });
     }
@@ -144,17 +191,37 @@ fn classify(answers: impl Iterator<Item = StepResult>, not_sent: &[bool]) -> Res
             }
         }
     }
-    match end {
-        Ok(_) => Ok(outputs),
-        Err(error) => match error.as_db_error() {
-            // An ERROR answer to COMMIT means the transaction rolled back. A FATAL or PANIC
-            // may come after the commit record was written: that is not knowable here.
-            Some(db_error) if matches!(db_error.parsed_severity(), Some(Severity::Error)) => {
-                Err(PipelineError::Commit(Box::new(db_error.clone())))
-            }
-            _ => Err(PipelineError::Unknown(Some(error))),
-        },
+    match end_answer {
+        None => Ok(outputs),
+        Some(answer) => classify_commit(answer.map(drop)).map(|()| outputs),
     }
+}
+
+fn classify_commit(answer: Result<(), tokio_postgres::Error>) -> Result<(), PipelineError> {
+    let Err(error) = answer else { return Ok(()) };
+    match error.as_db_error() {
+        // An ERROR answer to COMMIT means the transaction rolled back. A FATAL or PANIC
+        // may come after the commit record was written: that is not knowable here.
+        Some(db_error) if matches!(db_error.parsed_severity(), Some(Severity::Error)) => {
+            Err(PipelineError::Commit(Box::new(db_error.clone())))
+        }
+        _ => Err(PipelineError::Unknown(Some(error))),
+    }
+}
+
+/// Sends `ROLLBACK` and waits for its answer: the second round trip of a two-phase batch
+/// the caller decided against.
+pub(crate) async fn rollback(connection: &Connection) -> Result<(), tokio_postgres::Error> {
+    step(connection.client(), "ROLLBACK", &NO_PARAMS).await.map(drop)
+}
+
+/// Queues `ROLLBACK` without waiting for it: the request is handed to the connection in
+/// this call, and runs after everything queued before it. Usable from `Drop`. Returns
+/// false when the connection refused it (it is closed, so the server rolls back anyway).
+pub(crate) fn queue_rollback(connection: &Connection) -> bool {
+    let mut rollback = std::pin::pin!(step(connection.client(), "ROLLBACK", &NO_PARAMS));
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(rollback.as_mut().poll(&mut context), Poll::Pending)
 }
 
 /// One request: an unnamed statement with caller-given types (Parse, Bind, Describe,

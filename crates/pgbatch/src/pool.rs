@@ -6,6 +6,7 @@ use tokio_postgres::{Config, NoTls};
 
 use crate::connection::{Connection, Tls};
 use crate::error::{ConnectError, PoolError};
+use crate::retry::RetryPolicy;
 
 /// A [`bb8::ManageConnection`] that opens pgbatch [`Connection`]s.
 ///
@@ -23,19 +24,27 @@ use crate::error::{ConnectError, PoolError};
 pub struct ConnectionManager<T = NoTls> {
     config: Config,
     tls: T,
+    retry: RetryPolicy,
 }
 
 impl ConnectionManager<NoTls> {
     /// A manager that connects without TLS.
     pub fn new(config: Config) -> Self {
-        ConnectionManager { config, tls: NoTls }
+        Self::with_tls(config, NoTls)
     }
 }
 
 impl<T: Tls> ConnectionManager<T> {
     /// A manager that connects with the given TLS connector.
     pub fn with_tls(config: Config, tls: T) -> Self {
-        ConnectionManager { config, tls }
+        ConnectionManager { config, tls, retry: RetryPolicy::default() }
+    }
+
+    /// The retry policy of batches run on this pool's connections that set none.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
     }
 }
 
@@ -44,7 +53,9 @@ impl<T: Tls> bb8::ManageConnection for ConnectionManager<T> {
     type Error = ConnectError;
 
     async fn connect(&self) -> Result<Connection, ConnectError> {
-        Connection::connect_with(&self.config, self.tls.clone()).await
+        let mut connection = Connection::connect_with(&self.config, self.tls.clone()).await?;
+        connection.set_retry_policy(self.retry);
+        Ok(connection)
     }
 
     async fn is_valid(&self, connection: &mut Connection) -> Result<(), ConnectError> {

@@ -83,11 +83,7 @@ fn shape_of(words: &[&str]) -> SqlShape {
     if ["SELECT", "VALUES", "TABLE", "SHOW", "EXPLAIN"].iter().any(|k| is(verb, k)) {
         SqlShape::Query
     } else if ["INSERT", "UPDATE", "DELETE", "MERGE"].iter().any(|k| is(verb, k)) {
-        if words.iter().any(|w| is(w, "RETURNING")) {
-            SqlShape::ModifyReturning
-        } else {
-            SqlShape::Modify
-        }
+        if words.iter().any(|w| is(w, "RETURNING")) { SqlShape::ModifyReturning } else { SqlShape::Modify }
     } else {
         SqlShape::Other
     }
@@ -207,7 +203,10 @@ mod tests {
         assert_eq!(classify("SELECT 1").shape, SqlShape::Query);
         assert_eq!(classify("  -- c\n values (1)").shape, SqlShape::Query);
         assert_eq!(classify(r#"UPDATE "t" SET "a" = $1"#).shape, SqlShape::Modify);
-        assert_eq!(classify(r#"INSERT INTO "t" ("a") VALUES ($1) RETURNING "t"."id""#).shape, SqlShape::ModifyReturning);
+        assert_eq!(
+            classify(r#"INSERT INTO "t" ("a") VALUES ($1) RETURNING "t"."id""#).shape,
+            SqlShape::ModifyReturning
+        );
         assert_eq!(
             classify("WITH x AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM x").shape,
             SqlShape::Modify

@@ -83,20 +83,6 @@ pub(crate) struct Statement {
 }
 
 impl Statement {
-    /// A statement written by pgbatch itself, without binds.
-    pub(crate) fn internal(sql: String) -> Self {
-        let shape = sql_shape::classify(&sql).shape;
-        Statement {
-            sql,
-            binds: Vec::new(),
-            types: Vec::new(),
-            custom_types: Vec::new(),
-            custom_binds: Vec::new(),
-            oid_patches: Vec::new(),
-            shape,
-        }
-    }
-
     /// Renders a Diesel statement. Fails, without side effects, when Diesel cannot render
     /// it, a bind cannot be encoded, it has more binds than the protocol can carry, or it is
     /// not allowed inside the batch's transaction.
