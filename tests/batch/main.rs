@@ -10,5 +10,7 @@ mod common;
 mod connection_loss;
 mod custom_types;
 mod failures;
+mod guards;
 mod large;
 mod not_sent;
+mod two_phase;

@@ -5,8 +5,13 @@
 //! Examples, tests and benchmarks share these, so what pgbatch is measured on is the work
 //! its users do.
 
+pub mod disks;
+pub mod firewall;
+pub mod instances;
 pub mod project;
+pub mod provisioning;
 pub mod schema;
+pub mod service;
 
 /// The scenarios' schema, as SQL.
 pub const SCHEMA_SQL: &str = include_str!("schema.sql");

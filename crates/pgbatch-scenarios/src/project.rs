@@ -82,3 +82,54 @@ pub fn create(id: Uuid, silo_id: Uuid, name: &str) -> (Fragment<ProjectError>, O
     });
     (fragment, project)
 }
+
+/// Why a project could not be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteError {
+    /// The project changed since the caller read its generation (or is gone).
+    #[error("project {0} was concurrently modified")]
+    ConcurrentlyModified(Uuid),
+    /// The project's provisioning counter is not zero: it still has instances or disks.
+    #[error("project {0} still has resources")]
+    StillHasResources(Uuid),
+}
+
+/// Labels of [`delete`].
+pub mod delete_labels {
+    /// The soft-delete, guarded by the generation the caller read.
+    pub const GENERATION_MATCHES: &str = "generation matches";
+    /// The counter's delete, guarded by its being all zero.
+    pub const COUNTER_EMPTY: &str = "provisioning counter empty";
+}
+
+/// Soft-deletes project `id` if its `rcgen` is still `generation`, and deletes its
+/// provisioning counter if it is all zero; either condition failing aborts both.
+pub fn delete(id: Uuid, generation: i64) -> Fragment<DeleteError> {
+    let mut fragment = Fragment::new();
+    fragment
+        .push(
+            diesel::update(project::table.find(id))
+                .filter(project::rcgen.eq(generation))
+                .filter(project::deleted_at.is_null())
+                .set(project::deleted_at.eq(diesel::dsl::now)),
+        )
+        .label(delete_labels::GENERATION_MATCHES)
+        .expect_rows(1);
+    fragment
+        .push(
+            diesel::delete(virtual_provisioning_collection::table.find(id))
+                .filter(virtual_provisioning_collection::cpus_provisioned.eq(0))
+                .filter(virtual_provisioning_collection::ram_provisioned.eq(0))
+                .filter(virtual_provisioning_collection::storage_provisioned.eq(0)),
+        )
+        .label(delete_labels::COUNTER_EMPTY)
+        .expect_rows(1);
+    fragment.map_failure(move |failure| {
+        let Cause::GuardFailed(guard) = failure.cause() else { return None };
+        match guard.label()? {
+            delete_labels::GENERATION_MATCHES => Some(DeleteError::ConcurrentlyModified(id)),
+            delete_labels::COUNTER_EMPTY => Some(DeleteError::StillHasResources(id)),
+            _ => None,
+        }
+    })
+}

@@ -31,4 +31,67 @@ diesel::table! {
 }
 
 diesel::joinable!(project -> silo (silo_id));
-diesel::allow_tables_to_appear_in_same_query!(silo, project, virtual_provisioning_collection);
+diesel::allow_tables_to_appear_in_same_query!(
+    project,
+    silo,
+    silo_quotas,
+    virtual_provisioning_collection,
+    virtual_provisioning_resource,
+    instance,
+    disk,
+    vpc,
+    vpc_firewall_rule,
+);
+
+diesel::table! {
+    silo_quotas (silo_id) {
+        silo_id -> Uuid,
+        cpus -> Int8,
+        ram -> Int8,
+        storage -> Int8,
+    }
+}
+
+diesel::table! {
+    virtual_provisioning_resource (id) {
+        id -> Uuid,
+        cpus -> Int8,
+        ram -> Int8,
+        storage -> Int8,
+    }
+}
+
+diesel::table! {
+    instance (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        name -> Text,
+    }
+}
+
+diesel::table! {
+    disk (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        attach_instance_id -> Nullable<Uuid>,
+    }
+}
+
+diesel::table! {
+    vpc (id) {
+        id -> Uuid,
+        project_id -> Uuid,
+        firewall_gen -> Int8,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    vpc_firewall_rule (id) {
+        id -> Uuid,
+        vpc_id -> Uuid,
+        name -> Text,
+        action -> Text,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}

@@ -50,10 +50,11 @@ pub enum Expectation {
 
 impl fmt::Display for Expectation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = |n: u64| if n == 1 { "row" } else { "rows" };
         match *self {
-            Expectation::Rows { min, max: Some(max) } if min == max => write!(f, "exactly {min} rows"),
-            Expectation::Rows { min, max: Some(max) } => write!(f, "{min} to {max} rows"),
-            Expectation::Rows { min, max: None } => write!(f, "at least {min} rows"),
+            Expectation::Rows { min, max: Some(max) } if min == max => write!(f, "exactly {min} {}", rows(min)),
+            Expectation::Rows { min, max: Some(max) } => write!(f, "{min} to {max} {}", rows(max)),
+            Expectation::Rows { min, max: None } => write!(f, "at least {min} {}", rows(min)),
             Expectation::RowExists => f.write_str("a row"),
             Expectation::NoRow => f.write_str("no row"),
             Expectation::Condition => f.write_str("the condition to hold"),
@@ -198,6 +199,7 @@ mod tests {
     fn expectation_reads_well() {
         assert_eq!(Expectation::Rows { min: 2, max: Some(2) }.to_string(), "exactly 2 rows");
         assert_eq!(Expectation::Rows { min: 0, max: Some(11) }.to_string(), "0 to 11 rows");
-        assert_eq!(Expectation::Rows { min: 1, max: None }.to_string(), "at least 1 rows");
+        assert_eq!(Expectation::Rows { min: 1, max: None }.to_string(), "at least 1 row");
+        assert_eq!(Expectation::Rows { min: 1, max: Some(1) }.to_string(), "exactly 1 row");
     }
 }
