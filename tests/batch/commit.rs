@@ -6,7 +6,8 @@ use pgbatch::{Batch, ResultError};
 
 use crate::common::*;
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_statements_commit_and_every_handle_reads_its_result() {
     let h = Harness::new().await;
     let mut batch = Batch::new();
@@ -63,7 +64,8 @@ struct Counted {
     n: i64,
 }
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_a_value_that_runs_again() {
     let h = Harness::new().await;
     let mut batch = Batch::new();

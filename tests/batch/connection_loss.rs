@@ -69,7 +69,8 @@ async fn run_with_cut(h: &Harness, cut: Cut) -> (Result<pgbatch::Committed, Erro
     (result, rows)
 }
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome() {
     let h = Harness::new().await;
     let (result, rows) = run_with_cut(&h, Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() }).await;

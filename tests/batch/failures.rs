@@ -99,7 +99,8 @@ async fn fails_at_every_position(failing: Failing, check: impl Fn(&Cause)) {
     assert_eq!(h.idle_in_transaction().await, 0);
 }
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_violation_at_each_position() {
     fails_at_every_position(Failing::Unique, |cause| {
         let Cause::UniqueViolation(v) = cause else { panic!("{cause}") };
@@ -121,7 +122,8 @@ async fn foreign_key_violation_at_each_position() {
     .await;
 }
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_violation_at_each_position() {
     fails_at_every_position(Failing::Check, |cause| {
         let Cause::CheckViolation(v) = cause else { panic!("{cause}") };

@@ -45,7 +45,9 @@ async fn expect_rows_passes_on_the_count_and_fails_with_the_actual_count() {
     assert!(passed.is_none());
 
     let failed = run_guarded(&h, |b| {
-        b.push(diesel::update(account::table.find(404)).set(account::balance.eq(7))).label("no such account").expect_rows(1);
+        b.push(diesel::update(account::table.find(404)).set(account::balance.eq(7)))
+            .label("no such account")
+            .expect_rows(1);
     })
     .await
     .expect("the guard fails");
@@ -101,7 +103,10 @@ async fn exists_and_not_exists_guards() {
     assert!(run_guarded(&h, |b| drop(b.guard_not_exists(exists_none).label("404 absent"))).await.is_none());
 
     let failed = run_guarded(&h, |b| drop(b.guard_exists(exists_none).label("404 exists"))).await.unwrap();
-    assert_eq!((failed.label(), failed.expectation(), failed.actual_rows()), (Some("404 exists"), Expectation::RowExists, None));
+    assert_eq!(
+        (failed.label(), failed.expectation(), failed.actual_rows()),
+        (Some("404 exists"), Expectation::RowExists, None)
+    );
     let failed = run_guarded(&h, |b| drop(b.guard_not_exists(exists_one).label("1 absent"))).await.unwrap();
     assert_eq!(failed.expectation(), Expectation::NoRow);
 }
@@ -138,7 +143,10 @@ async fn a_guard_on_a_statement_without_rows_is_refused_before_sending() {
     let mut batch = Batch::new();
     batch.push(diesel::sql_query("CREATE TABLE x (a int)")).label("ddl").expect_rows(1);
     let err = batch.run(&h.pool).await.unwrap_err();
-    assert!(matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::GuardOnStatementWithoutRows)), "{err}");
+    assert!(
+        matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::GuardOnStatementWithoutRows)),
+        "{err}"
+    );
     assert_eq!(h.count("SELECT count(*) FROM pg_tables WHERE tablename = 'x'").await, 0);
 }
 

@@ -6,7 +6,8 @@ use crate::common::*;
 
 const STATEMENTS: usize = 10_000;
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_statements_commit_in_one_run() {
     let h = Harness::new().await;
     let mut batch = Batch::new();
@@ -18,7 +19,8 @@ async fn ten_thousand_statements_commit_in_one_run() {
     assert_eq!(h.count("SELECT count(*) FROM note").await, STATEMENTS as i64);
 }
 
-#[tokio::test]
+// On several threads: an answer can arrive within the poll that sends the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_9999th_of_ten_thousand_fails_and_is_named() {
     let h = Harness::new().await;
     let mut batch = Batch::new();

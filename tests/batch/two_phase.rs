@@ -8,7 +8,11 @@ use crate::common::*;
 fn withdraw(amount: i64) -> (Batch, pgbatch::One<i64>) {
     let mut batch = Batch::new();
     let balance = batch
-        .push(diesel::update(account::table.find(1)).set(account::balance.eq(account::balance - amount)).returning(account::balance))
+        .push(
+            diesel::update(account::table.find(1))
+                .set(account::balance.eq(account::balance - amount))
+                .returning(account::balance),
+        )
         .one::<i64>();
     batch.push(insert_note(1, &format!("withdrew {amount}")));
     (batch, balance)
@@ -46,7 +50,11 @@ async fn dropping_between_the_phases_rolls_back_and_frees_the_connection() {
     let pool = pool(h.db.config().clone(), 1).await;
     let (batch, _) = withdraw(10);
     let prepared = batch.prepare(&pool).await.unwrap();
-    assert_eq!(h.count("SELECT count(*) FROM pg_locks WHERE relation = 'account'::regclass AND mode = 'RowExclusiveLock'").await, 1);
+    assert_eq!(
+        h.count("SELECT count(*) FROM pg_locks WHERE relation = 'account'::regclass AND mode = 'RowExclusiveLock'")
+            .await,
+        1
+    );
     drop(prepared);
     // The pool's only connection runs the next batch after the queued ROLLBACK.
     let mut next = Batch::new();
@@ -103,7 +111,9 @@ async fn serializable_isolation_is_what_the_statements_run_under() {
             batch.isolation(level);
         }
         let isolation = batch
-            .push(diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>("current_setting('transaction_isolation')")))
+            .push(diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('transaction_isolation')",
+            )))
             .one::<String>();
         let committed = batch.run(&h.pool).await.unwrap();
         assert_eq!(committed.get(&isolation).unwrap(), expected);

@@ -69,7 +69,9 @@ pub fn replace_rules(vpc_id: Uuid, rules: &[Rule]) -> Fragment<FirewallError> {
         fragment.push(diesel::insert_into(vpc_firewall_rule::table).values(rows)).label(labels::INSERT_RULES);
     }
     fragment.map_failure(move |failure| match failure.cause() {
-        Cause::GuardFailed(guard) if guard.label() == Some(labels::VPC_EXISTS) => Some(FirewallError::VpcNotFound(vpc_id)),
+        Cause::GuardFailed(guard) if guard.label() == Some(labels::VPC_EXISTS) => {
+            Some(FirewallError::VpcNotFound(vpc_id))
+        }
         Cause::UniqueViolation(v) if v.constraint() == Some("vpc_firewall_rule_name_unique") => {
             Some(FirewallError::DuplicateRuleName)
         }

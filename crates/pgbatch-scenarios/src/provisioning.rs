@@ -92,14 +92,21 @@ pub fn reserve(request: Request) -> Fragment<ProvisionError> {
     let over_quota = collection::table.inner_join(silo_quotas::table.on(silo_quotas::silo_id.eq(collection::id)));
     let silo = collection::id.eq(request.silo_id);
     fragment
-        .guard_not_exists(over_quota.filter(silo).filter(collection::cpus_provisioned.gt(silo_quotas::cpus)).select(collection::id))
+        .guard_not_exists(
+            over_quota.filter(silo).filter(collection::cpus_provisioned.gt(silo_quotas::cpus)).select(collection::id),
+        )
         .label(labels::CPUS_WITHIN_QUOTA);
     fragment
-        .guard_not_exists(over_quota.filter(silo).filter(collection::ram_provisioned.gt(silo_quotas::ram)).select(collection::id))
+        .guard_not_exists(
+            over_quota.filter(silo).filter(collection::ram_provisioned.gt(silo_quotas::ram)).select(collection::id),
+        )
         .label(labels::MEMORY_WITHIN_QUOTA);
     fragment
         .guard_not_exists(
-            over_quota.filter(silo).filter(collection::storage_provisioned.gt(silo_quotas::storage)).select(collection::id),
+            over_quota
+                .filter(silo)
+                .filter(collection::storage_provisioned.gt(silo_quotas::storage))
+                .select(collection::id),
         )
         .label(labels::STORAGE_WITHIN_QUOTA);
     fragment.map_failure(|failure| {

@@ -38,7 +38,8 @@ pub(crate) enum PipelineError {
     Build(BuildError),
     /// The connection failed before any statement ran; nothing was written.
     Connection(tokio_postgres::Error),
-    /// The connection was closed before `COMMIT` could be sent; nothing was committed.
+    /// The connection was closed before `COMMIT` could be sent (or, for an open-ended
+    /// pipeline, at any point): nothing was committed.
     Closed,
     /// Statement `index` failed on the server; the transaction was rolled back.
     Statement { index: usize, error: Box<DbError> },
@@ -93,19 +94,25 @@ pub(crate) async fn run(
         steps.push(Box::pin(step(client, &statement.sql, params)));
     }
 
-    // Queue every step in one synchronous poll. A step that is ready at once was refused
-    // by the client and not sent; then ROLLBACK takes COMMIT's place, so that nothing of a
-    // batch with a missing statement can commit.
+    // Queue every step in one synchronous poll. A step can be answered within its first
+    // poll (the connection runs on another thread), so being ready proves nothing; but an
+    // error that is neither the server's nor a closed connection's is the client refusing
+    // to send (an encoding failure). Then ROLLBACK takes COMMIT's place, so that a batch
+    // with a missing statement cannot commit.
+    let mut queued = Queued { refused: None, commit_unsent: false };
     poll_fn(|cx| {
         for (answer, step) in answers.iter_mut().zip(&mut steps) {
             if let Poll::Ready(result) = step.as_mut().poll(cx) {
                 *answer = Some(result);
             }
         }
+        queued.refused = answers[1..].iter().position(|answer| matches!(answer, Some(Err(e)) if is_refusal(e)));
         if end == End::Commit {
-            let refused = answers.iter().any(Option::is_some);
-            let mut end: StepFuture<'_> =
-                Box::pin(step(client, if refused { "ROLLBACK" } else { "COMMIT" }, &NO_PARAMS));
+            // A client closed before COMMIT is queued cannot send it: then nothing commits,
+            // whatever else happened. Closing is final, so this check cannot be outrun.
+            queued.commit_unsent = client.is_closed();
+            let end_sql = if queued.refused.is_some() { "ROLLBACK" } else { "COMMIT" };
+            let mut end: StepFuture<'_> = Box::pin(step(client, end_sql, &NO_PARAMS));
             if let Poll::Ready(result) = end.as_mut().poll(cx) {
                 answers[step_count - 1] = Some(result);
             }
@@ -114,7 +121,6 @@ pub(crate) async fn run(
         Poll::Ready(())
     })
     .await;
-    let not_sent: Vec<bool> = answers.iter().map(Option::is_some).collect();
 
     // Read every answer. Each step keeps its index so the answers land in order.
     let mut pending: FuturesUnordered<_> = steps
@@ -127,7 +133,21 @@ pub(crate) async fn run(
         answers[index] = Some(result);
     }
     let answers = answers.into_iter().map(|a| a.expect("every step answered"));
-    classify(answers, &not_sent, end)
+    classify(answers, &queued, end)
+}
+
+/// What queueing the pipeline revealed.
+struct Queued {
+    /// The first statement the client refused to send.
+    refused: Option<usize>,
+    /// Whether the connection was already closed when `COMMIT` was queued.
+    commit_unsent: bool,
+}
+
+/// Whether the client refused to send a request (as opposed to the server failing it or
+/// the connection closing).
+fn is_refusal(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_none() && !error.is_closed()
 }
 
 /// Sends `COMMIT` for a transaction left open by [`End::Open`]: the second round trip of a
@@ -136,14 +156,7 @@ pub(crate) async fn commit(connection: &Connection) -> Result<(), PipelineError>
     if connection.is_closed() {
         return Err(PipelineError::Closed);
     }
-    let mut commit = std::pin::pin!(step(connection.client(), "COMMIT", &NO_PARAMS));
-    // A COMMIT the client refused to send was never sent: nothing committed.
-    let not_sent = poll_fn(|cx| Poll::Ready(commit.as_mut().poll(cx))).await;
-    let answer = match not_sent {
-        Poll::Ready(answer) => return answer.map(drop).map_err(|_| PipelineError::Closed),
-        Poll::Pending => commit.await,
-    };
-    classify_commit(answer.map(drop))
+    classify_commit(step(connection.client(), "COMMIT", &NO_PARAMS).await.map(drop))
 }
 
 /// Derives the batch's outcome from every step's answer. `COMMIT`'s `Ok` alone proves
@@ -151,32 +164,26 @@ pub(crate) async fn commit(connection: &Connection) -> Result<(), PipelineError>
 /// tokio-postgres reports as success.
 fn classify(
     answers: impl Iterator<Item = StepResult>,
-    not_sent: &[bool],
+    queued: &Queued,
     end: End,
 ) -> Result<Vec<StepOutput>, PipelineError> {
     let mut answers: Vec<StepResult> = answers.collect();
-    let (end_answer, statements_not_sent) = match end {
-        End::Commit => {
-            if *not_sent.last().expect("the end step") {
-                // Neither COMMIT nor ROLLBACK left the client: nothing can have committed.
-                return Err(PipelineError::Closed);
-            }
-            (answers.pop(), &not_sent[1..not_sent.len() - 1])
-        }
-        End::Open => (None, &not_sent[1..]),
-    };
-    if not_sent[0] {
+    let end_answer = if end == End::Commit { answers.pop() } else { None };
+    if queued.commit_unsent {
+        // COMMIT never left the client: nothing can have committed.
         return Err(PipelineError::Closed);
     }
-    if let Some(index) = statements_not_sent.iter().position(|n| *n) {
+    if let Some(index) = queued.refused {
         let source = answers.swap_remove(index + 1).expect_err("a refused step fails");
         return Err(PipelineError::Send { index, source });
     }
+    // Without COMMIT in the pipeline, a lost connection cannot have committed anything.
+    let lost = |error| if end == End::Open { PipelineError::Closed } else { PipelineError::Unknown(Some(error)) };
     let mut answers = answers.into_iter();
     match answers.next().expect("the BEGIN step") {
         Ok(_) => {}
         Err(error) if error.as_db_error().is_some() => return Err(PipelineError::Connection(error)),
-        Err(error) => return Err(PipelineError::Unknown(Some(error))),
+        Err(error) => return Err(lost(error)),
     }
     let mut outputs = Vec::with_capacity(answers.len());
     for (index, answer) in answers.enumerate() {
@@ -186,7 +193,7 @@ fn classify(
             Err(error) => {
                 return Err(match error.as_db_error() {
                     Some(db_error) => PipelineError::Statement { index, error: Box::new(db_error.clone()) },
-                    None => PipelineError::Unknown(Some(error)),
+                    None => lost(error),
                 });
             }
         }
