@@ -11,6 +11,8 @@ mod connection_loss;
 mod custom_types;
 mod failures;
 mod guards;
+mod idempotency;
 mod large;
 mod not_sent;
+mod retry;
 mod two_phase;

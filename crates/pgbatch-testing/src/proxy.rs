@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,6 +70,7 @@ impl ProxyBuilder {
             armed: Mutex::new(None),
             cuts: AtomicUsize::new(0),
             client_bytes: AtomicU64::new(0),
+            connections: Mutex::new(Vec::new()),
             delay: self.delay,
         });
         let target = self.target;
@@ -102,6 +103,8 @@ struct Shared {
     cuts: AtomicUsize,
     /// Bytes read from clients, whether or not they were forwarded.
     client_bytes: AtomicU64,
+    /// Each connection's kill switch.
+    connections: Mutex<Vec<Weak<watch::Sender<bool>>>>,
     delay: Duration,
 }
 
@@ -132,6 +135,16 @@ impl Proxy {
         self.shared.client_bytes.load(Ordering::SeqCst)
     }
 
+    /// Closes every open connection at once, in both directions: whatever a client sends
+    /// from now on on those connections never reaches the server.
+    pub fn kill_all(&self) {
+        for kill in self.shared.connections.lock().expect("proxy lock").drain(..) {
+            if let Some(kill) = kill.upgrade() {
+                let _ = kill.send(true);
+            }
+        }
+    }
+
     /// How many connections were cut so far.
     pub fn cuts(&self) -> usize {
         self.shared.cuts.load(Ordering::SeqCst)
@@ -156,6 +169,7 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     // `kill` closes the connection; `mute` stops the server's answers from reaching the client.
     let (kill, killed) = watch::channel(false);
     let kill = Arc::new(kill);
+    shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&kill));
     let (mute, muted) = watch::channel(false);
     let upstream =
         Direction { read: client_read, write: server_write, delay: shared.delay, kill: Arc::clone(&kill), muted: None };

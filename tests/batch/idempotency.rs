@@ -1,0 +1,149 @@
+//! Idempotency keys: at most once, and the truth after an unknown outcome.
+
+use std::time::Duration;
+
+use pgbatch::idempotency::{self, Resolution};
+use pgbatch::{Batch, Error, IdempotencyKey};
+use pgbatch_testing::Cut;
+
+use crate::common::*;
+
+fn keyed(key: &str) -> Batch {
+    let mut batch = Batch::new();
+    batch.idempotency_key(IdempotencyKey::new(key));
+    batch.push(insert_note(1, &format!("keyed {key}")));
+    batch
+}
+
+async fn harness() -> Harness {
+    let h = Harness::new().await;
+    idempotency::install(&h.pool, idempotency::DEFAULT_TABLE).await.unwrap();
+    h
+}
+
+async fn notes(h: &Harness, key: &str) -> i64 {
+    h.count(&format!("SELECT count(*) FROM note WHERE body = 'keyed {key}'")).await
+}
+
+#[tokio::test]
+async fn a_keyed_batch_applies_once_and_then_reports_already_committed() {
+    let h = harness().await;
+    keyed("create-x").run(&h.pool).await.unwrap();
+    let err = keyed("create-x").run(&h.pool).await.unwrap_err();
+    let Error::AlreadyCommitted(already) = &err else { panic!("{err}") };
+    assert_eq!(already.key(), "create-x");
+    let age = already.committed_at().unwrap().elapsed().unwrap_or_default();
+    assert!(age < Duration::from_secs(60), "committed moments ago, not {age:?}");
+    assert!(!err.may_have_committed(), "this run committed nothing");
+    assert_eq!(notes(&h, "create-x").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicates_commit_exactly_once() {
+    let h = harness().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let pool = h.pool.clone();
+        tasks.push(tokio::spawn(async move { keyed("same").run(&pool).await.map(drop) }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => committed += 1,
+            Err(Error::AlreadyCommitted(_)) => {}
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(committed, 1);
+    assert_eq!(notes(&h, "same").await, 1);
+}
+
+#[tokio::test]
+async fn a_missing_marker_table_fails_the_batch_and_says_what_to_do() {
+    let h = Harness::new().await;
+    let err = keyed("k").run(&h.pool).await.unwrap_err();
+    assert!(matches!(err, Error::IdempotencyMarker { .. }), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    assert_eq!(notes(&h, "k").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_after_commit_is_unknown_and_resolves_to_committed() {
+    let h = harness().await;
+    let proxy = h.proxy().await;
+    let pool = h.pool_through(&proxy, 1).await;
+    drop(pool.get().await.unwrap());
+    proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    let err = keyed("i1").run(&pool).await.unwrap_err();
+    let Error::OutcomeUnknown(unknown) = &err else { panic!("{err}") };
+    assert_eq!(unknown.idempotency_key(), Some("i1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("i1")).await.unwrap();
+    assert!(matches!(resolution, Resolution::Committed { .. }), "{resolution:?}");
+    assert_eq!(notes(&h, "i1").await, 1, "resolve agrees with the rows");
+    // Replaying the request with its key never applies it twice.
+    assert!(matches!(keyed("i1").run(&h.pool).await, Err(Error::AlreadyCommitted(_))));
+    assert_eq!(notes(&h, "i1").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_before_commit_is_written_is_not_committed_and_resolve_agrees() {
+    let h = harness().await;
+    let proxy = h.proxy().await;
+    let pool = h.pool_through(&proxy, 1).await;
+    let batch = keyed("i2");
+    let prepared = batch.prepare(&pool).await.unwrap();
+    proxy.kill_all();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the client sees the close
+    let err = prepared.commit().await.unwrap_err();
+    assert!(matches!(err, Error::ConnectionClosed), "{err}");
+    assert!(!err.may_have_committed());
+    let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("i2")).await.unwrap();
+    assert_eq!(resolution, Resolution::NotCommitted);
+    assert_eq!(notes(&h, "i2").await, 0);
+    keyed("i2").run(&h.pool).await.expect("a request that did not commit can be replayed");
+    assert_eq!(notes(&h, "i2").await, 1);
+}
+
+#[tokio::test]
+async fn purging_removes_exactly_the_old_keys() {
+    let h = harness().await;
+    for key in ["old-1", "old-2", "new-1"] {
+        keyed(key).run(&h.pool).await.unwrap();
+    }
+    h.client
+        .batch_execute(
+            "UPDATE pgbatch_idempotency SET committed_at = now() - interval '2 hours' WHERE key LIKE 'old-%'",
+        )
+        .await
+        .unwrap();
+    let purged =
+        idempotency::purge_older_than(&h.pool, idempotency::DEFAULT_TABLE, Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(purged, 2);
+    let keys = h.client.query("SELECT key FROM pgbatch_idempotency", &[]).await.unwrap();
+    assert_eq!(keys.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>(), vec!["new-1"]);
+}
+
+#[tokio::test]
+async fn a_custom_marker_table() {
+    let h = Harness::new().await;
+    h.client.batch_execute("CREATE SCHEMA ops").await.unwrap();
+    idempotency::install(&h.pool, "ops.batch_keys").await.unwrap();
+    let key = IdempotencyKey::new("k").table("ops.batch_keys");
+    let mut batch = Batch::new();
+    batch.idempotency_key(key.clone());
+    batch.push(insert_note(1, "custom"));
+    batch.run(&h.pool).await.unwrap();
+    assert!(matches!(idempotency::resolve(&h.pool, &key).await.unwrap(), Resolution::Committed { .. }));
+    assert_eq!(
+        idempotency::resolve(&h.pool, &IdempotencyKey::new("k").table("ops.batch_keys_missing"))
+            .await
+            .map(drop)
+            .unwrap_err()
+            .cause()
+            .and_then(|c| c.code())
+            .map(|c| c.code()),
+        Some("42P01")
+    );
+}
