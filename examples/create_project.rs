@@ -9,16 +9,14 @@
 //! run against any server it is pointed at.
 
 use diesel::prelude::*;
-use pgbatch::{Batch, ConnectionManager, Error, StatementFailure};
+use pgbatch::{Batch, Error, StatementFailure};
 use pgbatch_scenarios::project::{self, ProjectError};
 use pgbatch_scenarios::schema::{project as project_table, silo};
 use uuid::Uuid;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = pgbatch_testing::TestDatabase::create().await?;
-    db.execute(pgbatch_scenarios::SCHEMA_SQL).await?;
-    let pool = bb8::Pool::builder().max_size(4).build(ConnectionManager::new(db.config().clone())).await?;
+    let (db, pool) = pgbatch_scenarios::seed::playground().await?;
 
     let silo_id = Uuid::new_v4();
     let mut setup = Batch::new();

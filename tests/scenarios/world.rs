@@ -1,16 +1,15 @@
 //! A seeded control plane: the fleet, one silo with quotas, one project.
 
-use diesel::prelude::*;
-use pgbatch::{Batch, ConnectionManager};
-use pgbatch_scenarios::provisioning::FLEET_ID;
-use pgbatch_scenarios::schema::{project, silo, silo_quotas, virtual_provisioning_collection as collection};
+use pgbatch::ConnectionManager;
+use pgbatch_scenarios::seed::{Quotas, seed};
 use pgbatch_testing::TestDatabase;
 use uuid::Uuid;
 
 pub type Pool = bb8::Pool<ConnectionManager>;
 
 pub struct World {
-    pub db: TestDatabase,
+    /// Kept so the database lives as long as the world.
+    pub _db: TestDatabase,
     pub pool: Pool,
     pub client: tokio_postgres::Client,
     pub silo: Uuid,
@@ -25,27 +24,8 @@ impl World {
         db.execute(pgbatch_scenarios::SCHEMA_SQL).await.expect("the schema");
         let pool = bb8::Pool::builder().max_size(8).build(ConnectionManager::new(db.config().clone())).await.unwrap();
         let client = db.connect().await.unwrap();
-        let (silo_id, project_id) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut seed = Batch::new();
-        seed.push(diesel::insert_into(silo::table).values((silo::id.eq(silo_id), silo::name.eq("silo"))));
-        seed.push(diesel::insert_into(silo_quotas::table).values((
-            silo_quotas::silo_id.eq(silo_id),
-            silo_quotas::cpus.eq(cpus),
-            silo_quotas::ram.eq(ram),
-            silo_quotas::storage.eq(storage),
-        )));
-        seed.push(diesel::insert_into(project::table).values((
-            project::id.eq(project_id),
-            project::silo_id.eq(silo_id),
-            project::name.eq("project"),
-        )));
-        seed.push(diesel::insert_into(collection::table).values(vec![
-            (collection::id.eq(FLEET_ID), collection::collection_type.eq("fleet")),
-            (collection::id.eq(silo_id), collection::collection_type.eq("silo")),
-            (collection::id.eq(project_id), collection::collection_type.eq("project")),
-        ]));
-        seed.run(&pool).await.expect("the seed");
-        World { db, pool, client, silo: silo_id, project: project_id }
+        let seeded = seed(&pool, "silo", Quotas { cpus, ram, storage }).await.expect("the seed");
+        World { _db: db, pool, client, silo: seeded.silo, project: seeded.project }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {

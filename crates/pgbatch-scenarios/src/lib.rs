@@ -11,6 +11,7 @@ pub mod instances;
 pub mod project;
 pub mod provisioning;
 pub mod schema;
+pub mod seed;
 pub mod service;
 
 /// The scenarios' schema, as SQL.

@@ -23,11 +23,21 @@ pub enum Resource {
     Storage,
 }
 
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Resource::Cpus => "cpus",
+            Resource::Memory => "memory",
+            Resource::Storage => "storage",
+        })
+    }
+}
+
 /// Why resources could not be provisioned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProvisionError {
     /// The silo's quota for `resource` does not leave room for the request.
-    #[error("not enough {resource:?} left in the silo's quota")]
+    #[error("not enough {resource} left in the silo's quota")]
     InsufficientCapacity {
         /// The exhausted resource.
         resource: Resource,

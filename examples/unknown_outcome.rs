@@ -1,0 +1,73 @@
+//! Scenario I1: "create project X" with an idempotency key; the connection drops while
+//! `COMMIT` is in flight. The caller gets `OutcomeUnknown`, resolves the key to learn the
+//! truth, and can replay the request without ever creating the project twice.
+//!
+//! A proxy between the client and PostgreSQL loses the answer to `COMMIT`, as a network
+//! failure would.
+//!
+//! ```sh
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example unknown_outcome
+//! ```
+
+use std::net::ToSocketAddrs;
+
+use pgbatch::idempotency::{self, Resolution};
+use pgbatch::{Batch, ConnectionManager, Error, IdempotencyKey};
+use pgbatch_scenarios::project::{self, ProjectError};
+use pgbatch_scenarios::seed::{Quotas, playground, seed};
+use pgbatch_testing::{Cut, Proxy};
+use uuid::Uuid;
+
+/// The API handler's batch: create the project, keyed by the request's idempotency key.
+fn create_project(key: &IdempotencyKey, project_id: Uuid, silo: Uuid) -> Batch<ProjectError> {
+    let (fragment, _) = project::create(project_id, silo, "x");
+    let mut batch = Batch::<ProjectError>::default();
+    batch.idempotency_key(key.clone());
+    batch.append(fragment);
+    batch
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (db, pool) = playground().await?;
+    idempotency::install(&pool, idempotency::DEFAULT_TABLE).await?;
+    let world = seed(&pool, "engineering", Quotas { cpus: 64, ram: 1 << 40, storage: 1 << 50 }).await?;
+
+    // A flaky network: a pool whose connections go through a proxy that will lose the
+    // answer to the next COMMIT.
+    let server = match &db.config().get_hosts()[0] {
+        pgbatch::tokio_postgres::config::Host::Tcp(host) => (host.as_str(), db.config().get_ports()[0]),
+        #[allow(unreachable_patterns)]
+        _ => return Err("this example needs a TCP server".into()),
+    };
+    let proxy = Proxy::builder(server.to_socket_addrs()?.next().ok_or("no address")?).start().await?;
+    let mut flaky = pgbatch::tokio_postgres::Config::new();
+    flaky.host(proxy.addr().ip().to_string()).port(proxy.addr().port()).dbname(db.name());
+    flaky.user(db.config().get_user().unwrap_or("postgres"));
+    if let Some(password) = db.config().get_password() {
+        flaky.password(password);
+    }
+    let flaky_pool = bb8::Pool::builder().max_size(1).build(ConnectionManager::new(flaky)).await?;
+    proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
+
+    let key = IdempotencyKey::new(format!("create-project-{}", Uuid::new_v4()));
+    let batch = create_project(&key, Uuid::new_v4(), world.silo);
+    match batch.run(&flaky_pool).await {
+        Err(Error::OutcomeUnknown(unknown)) => println!("first attempt: {unknown}"),
+        other => println!("first attempt: unexpectedly {:?}", other.map(drop).map_err(|e| e.to_string())),
+    }
+
+    match idempotency::resolve(&pool, &key).await? {
+        Resolution::Committed { at } => println!("resolved: committed at {at:?}"),
+        Resolution::NotCommitted => println!("resolved: not committed"),
+        _ => println!("resolved: unknown resolution"),
+    }
+
+    // Replaying the request with the same key never creates the project twice.
+    match create_project(&key, Uuid::new_v4(), world.silo).run(&pool).await {
+        Ok(_) => println!("replay: created the project (the first attempt had not committed)"),
+        Err(Error::AlreadyCommitted(already)) => println!("replay: {already}; nothing applied"),
+        Err(other) => return Err(other.into()),
+    }
+    Ok(())
+}
