@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match delete(generation).run(&pool).await {
             Ok(_) => println!("{case}: deleted"),
             Err(Error::Domain { error, failure }) => {
-                println!("{case}: {error} (guard {:?})", failure.label().unwrap_or(""))
+                println!("{case}: {error} (guard {:?})", failure.label().unwrap_or(""));
             }
             Err(other) => return Err(other.into()),
         }

@@ -42,7 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match service::create_instance(&pool, request(cpus, ram, storage), name).await {
             Ok(()) => println!("{name}: created"),
             Err(pgbatch::Error::Domain { error, failure }) => {
-                println!("{name}: {error} (guard {:?})", failure.label().unwrap_or(""))
+                println!("{name}: {error} (guard {:?})", failure.label().unwrap_or(""));
             }
             Err(other) => return Err(other.into()),
         }

@@ -99,15 +99,35 @@ async fn exists_and_not_exists_guards() {
     let h = Harness::new().await;
     let exists_one = account::table.filter(account::id.eq(1)).select(account::id);
     let exists_none = account::table.filter(account::id.eq(404)).select(account::id);
-    assert!(run_guarded(&h, |b| drop(b.guard_exists(exists_one).label("account 1 exists"))).await.is_none());
-    assert!(run_guarded(&h, |b| drop(b.guard_not_exists(exists_none).label("404 absent"))).await.is_none());
+    assert!(
+        run_guarded(&h, |b| {
+            b.guard_exists(exists_one).label("account 1 exists");
+        })
+        .await
+        .is_none()
+    );
+    assert!(
+        run_guarded(&h, |b| {
+            b.guard_not_exists(exists_none).label("404 absent");
+        })
+        .await
+        .is_none()
+    );
 
-    let failed = run_guarded(&h, |b| drop(b.guard_exists(exists_none).label("404 exists"))).await.unwrap();
+    let failed = run_guarded(&h, |b| {
+        b.guard_exists(exists_none).label("404 exists");
+    })
+    .await
+    .unwrap();
     assert_eq!(
         (failed.label(), failed.expectation(), failed.actual_rows()),
         (Some("404 exists"), Expectation::RowExists, None)
     );
-    let failed = run_guarded(&h, |b| drop(b.guard_not_exists(exists_one).label("1 absent"))).await.unwrap();
+    let failed = run_guarded(&h, |b| {
+        b.guard_not_exists(exists_one).label("1 absent");
+    })
+    .await
+    .unwrap();
     assert_eq!(failed.expectation(), Expectation::NoRow);
 }
 
@@ -115,17 +135,43 @@ async fn exists_and_not_exists_guards() {
 async fn boolean_expression_guards() {
     let h = Harness::new().await;
     let balance_of_1 = || account::table.find(1).select(account::balance).single_value();
-    assert!(run_guarded(&h, |b| drop(b.guard(balance_of_1().ge(100)).label("rich"))).await.is_none());
-    assert!(run_guarded(&h, |b| drop(b.guard(exists(account::table.find(1))).label("exists"))).await.is_none());
+    assert!(
+        run_guarded(&h, |b| {
+            b.guard(balance_of_1().ge(100)).label("rich");
+        })
+        .await
+        .is_none()
+    );
+    assert!(
+        run_guarded(&h, |b| {
+            b.guard(exists(account::table.find(1))).label("exists");
+        })
+        .await
+        .is_none()
+    );
 
-    let failed = run_guarded(&h, |b| drop(b.guard(balance_of_1().gt(100)).label("richer"))).await.unwrap();
+    let failed = run_guarded(&h, |b| {
+        b.guard(balance_of_1().gt(100)).label("richer");
+    })
+    .await
+    .unwrap();
     assert_eq!(failed.expectation(), Expectation::Condition);
     // NULL is not true: a condition on a missing row fails.
     let missing = account::table.find(404).select(account::balance).single_value();
-    let failed = run_guarded(&h, |b| drop(b.guard(missing.ge(0)).label("missing"))).await.unwrap();
+    let failed = run_guarded(&h, |b| {
+        b.guard(missing.ge(0)).label("missing");
+    })
+    .await
+    .unwrap();
     assert_eq!(failed.label(), Some("missing"));
     let notes = note::table.select(count_star()).single_value();
-    assert!(run_guarded(&h, |b| drop(b.guard(notes.eq(1)).label("sees the first insert"))).await.is_none());
+    assert!(
+        run_guarded(&h, |b| {
+            b.guard(notes.eq(1)).label("sees the first insert");
+        })
+        .await
+        .is_none()
+    );
 }
 
 #[tokio::test]
