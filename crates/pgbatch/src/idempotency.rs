@@ -5,9 +5,9 @@
 //! when the batch committed:
 //!
 //! - running the batch again finds the marker and applies nothing: the run fails with
-//!   [`Error::AlreadyCommitted`](crate::Error::AlreadyCommitted), carrying when it
+//!   [`Error::AlreadyCommitted`], carrying when it
 //!   committed. Concurrent duplicates wait on the first one's marker and commit at most once.
-//! - after [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown), [`resolve`] tells
+//! - after [`Error::OutcomeUnknown`], [`resolve`] tells
 //!   whether the batch committed.
 //!
 //! The marker table's DDL is [`create_table_sql`]; run it once with [`install`], or put it
@@ -118,7 +118,7 @@ pub async fn install<A: Acquire>(target: A, table: &str) -> Result<(), Error> {
 }
 
 /// Tells whether the batch with `key` committed: run it on a fresh connection after
-/// [`Error::OutcomeUnknown`](crate::Error::OutcomeUnknown).
+/// [`Error::OutcomeUnknown`].
 ///
 /// # Errors
 ///

@@ -60,8 +60,13 @@
 //!    nothing. Once it sends, it sends the whole pipeline in one synchronous step, so the
 //!    server runs all of it and ends the transaction; no connection goes back to a pool
 //!    inside an open transaction.
-//! 8. **Guards.** Conditions such as "this UPDATE touched exactly one row" or "this row
+//! 8. **Retry.** On a serialization failure or deadlock the batch is replayed as it was, a
+//!    bounded number of times with jittered backoff, and reports how many attempts it made.
+//! 9. **Guards.** Conditions such as "this UPDATE touched exactly one row" or "this row
 //!    exists" are checked on the server in the same round trip (see [`guard`]).
+//! 10. **Two-phase mode.** [`Batch::prepare`] runs the statements, hands their results to
+//!     the caller, and commits or rolls back in a second round trip; dropping it in between
+//!     rolls back.
 //!
 //! # Pipelining
 //!
@@ -81,6 +86,58 @@
 //! later ones fail with `25P02` and `COMMIT` is answered with `ROLLBACK`, which
 //! tokio-postgres reports as success; pgbatch derives the outcome from every statement's
 //! answer instead, reports statement k, and marks the later ones [skipped](StatementOutcome::Skipped).
+//!
+//! # Guards
+//!
+//! A guard is a condition the server checks inside the batch's own round trip; when it
+//! does not hold, the transaction aborts and the batch fails with
+//! [`Cause::GuardFailed`], carrying the guard's label and, for row counts, the count seen:
+//!
+//! - [`StatementBuilder::expect_rows`] / [`expect_rows_in`](StatementBuilder::expect_rows_in):
+//!   "this UPDATE touched exactly one row";
+//! - [`Batch::guard_exists`] / [`Batch::guard_not_exists`]: "this query returns a row";
+//! - [`Batch::guard`]: a Diesel boolean expression, "fewer than 12 disks are attached".
+//!
+//! Guards are plain SQL (a cast that fails with a recognisable message); nothing is
+//! installed in the database. See [`guard`] for the SQL they generate.
+//!
+//! # Fragments
+//!
+//! A [`Fragment`] is a group of statements returned by a domain module together with the
+//! mapping of its failures to the module's own error type. A service appends fragments from
+//! several modules to one batch; when one fails, the caller gets [`Error::Domain`] with that
+//! module's error (converted with `Into`) and the statement-level detail.
+//!
+//! # Two-phase batches
+//!
+//! When a decision can only be made in Rust, [`Batch::prepare`] runs the statements in a
+//! first round trip and returns a [`Prepared`] transaction whose results can be read; its
+//! [`commit`](Prepared::commit) or [`rollback`](Prepared::rollback) is the second round
+//! trip. Dropping it undecided queues `ROLLBACK` at once.
+//!
+//! ```text
+//! client                                         server
+//!   |-- BEGIN, s1, ..., sN ------------------------>|   round trip 1
+//!   |<-------- ok, rows1, ..., rowsN ---------------|
+//!   |   (inspect the rows in Rust)                  |   row locks held
+//!   |-- COMMIT or ROLLBACK ------------------------>|   round trip 2
+//!   |<-------- ok ----------------------------------|
+//! ```
+//!
+//! # Retries and idempotency
+//!
+//! A batch is a value, so when PostgreSQL rolls it back for a serialization failure or a
+//! deadlock it is replayed as it was, per its [`RetryPolicy`] (bounded attempts, jittered
+//! exponential backoff); the result says how many attempts it took. Nothing that may have
+//! committed is replayed. A batch with an [`IdempotencyKey`] writes a marker row in its own
+//! transaction: it applies at most once, and after [`Error::OutcomeUnknown`]
+//! [`idempotency::resolve`] tells whether it committed.
+//!
+//! # Observability
+//!
+//! Every run is a `tracing` span `pgbatch.run` at debug level, with the statement count,
+//! the first labels, the attempt, the round-trip time and the outcome; each retry is an
+//! info event. Bind values are never logged.
 //!
 //! # Limitations
 //!
@@ -125,4 +182,9 @@ pub use results::Committed;
 pub use retry::RetryPolicy;
 pub use statement::MAX_BINDS;
 pub use tokio_postgres;
+
+/// The README's example compiles.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 pub use two_phase::Prepared;
