@@ -1,5 +1,9 @@
-//! Shared pieces of pgbatch's measurement binaries: a database behind a delaying proxy, and
-//! latency statistics.
+//! Shared pieces of pgbatch's measurement binaries: a database behind a delaying proxy,
+//! latency statistics, the workloads, the contenders and the report.
+
+pub mod contenders;
+pub mod report;
+pub mod workload;
 
 use std::time::{Duration, Instant};
 
@@ -18,18 +22,23 @@ impl Setup {
     /// # Errors
     ///
     /// When no PostgreSQL can be reached or the schema fails.
-    pub async fn new(schema: &str) -> Result<Self, Box<dyn std::error::Error>> {
+    pub async fn new(schema: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let db = TestDatabase::create().await?;
         db.execute(schema).await?;
         Ok(Setup { db })
     }
 
-    /// A proxy in front of the server that delays each direction by `one_way`.
+    /// A proxy in front of the server that delays each direction by `one_way`, to the
+    /// microsecond when `precise` (see [`pgbatch_testing::ProxyBuilder::precise`]).
     ///
     /// # Errors
     ///
     /// When the proxy cannot listen.
-    pub async fn proxy(&self, one_way: Duration) -> Result<Proxy, Box<dyn std::error::Error>> {
+    pub async fn proxy_with(
+        &self,
+        one_way: Duration,
+        precise: bool,
+    ) -> Result<Proxy, Box<dyn std::error::Error + Send + Sync>> {
         let config = self.db.config();
         let host = match &config.get_hosts()[0] {
             pgbatch::tokio_postgres::config::Host::Tcp(host) => host.clone(),
@@ -38,7 +47,7 @@ impl Setup {
         };
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or("server address")?;
-        Ok(Proxy::builder(target).delay(one_way).start().await?)
+        Ok(Proxy::builder(target).delay(one_way).precise(precise).start().await?)
     }
 
     /// The database's configuration with `proxy` as its only host.
@@ -56,6 +65,18 @@ impl Setup {
             config.password(password);
         }
         config
+    }
+
+    /// A `postgres://` URL of the database through `proxy`, for diesel-async.
+    pub fn url_via(&self, proxy: &Proxy) -> String {
+        let config = self.db.config();
+        let password = config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+        format!(
+            "postgres://{}{password}@{}/{}",
+            config.get_user().unwrap_or("postgres"),
+            proxy.addr(),
+            config.get_dbname().unwrap_or("postgres")
+        )
     }
 
     /// A pgbatch connection through `proxy`.

@@ -49,12 +49,21 @@ impl Cut {
 pub struct ProxyBuilder {
     target: SocketAddr,
     delay: Duration,
+    precise: bool,
 }
 
 impl ProxyBuilder {
     /// Delays every chunk of bytes by `delay`, in each direction, keeping their order.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Keeps delays accurate to microseconds instead of tokio's millisecond timer ticks, by
+    /// spinning through the last millisecond of each wait. Costs CPU while bytes are in
+    /// flight: meant for latency measurements over a few connections.
+    pub fn precise(mut self, precise: bool) -> Self {
+        self.precise = precise;
         self
     }
 
@@ -72,6 +81,7 @@ impl ProxyBuilder {
             client_bytes: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             delay: self.delay,
+            precise: self.precise,
         });
         let target = self.target;
         let accept_shared = Arc::clone(&shared);
@@ -106,12 +116,13 @@ struct Shared {
     /// Each connection's kill switch.
     connections: Mutex<Vec<Weak<watch::Sender<bool>>>>,
     delay: Duration,
+    precise: bool,
 }
 
 impl Proxy {
     /// A proxy to `target` (the PostgreSQL server's address).
     pub fn builder(target: SocketAddr) -> ProxyBuilder {
-        ProxyBuilder { target, delay: Duration::ZERO }
+        ProxyBuilder { target, delay: Duration::ZERO, precise: false }
     }
 
     /// The address clients connect to instead of the server.
@@ -171,15 +182,16 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let kill = Arc::new(kill);
     shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&kill));
     let (mute, muted) = watch::channel(false);
-    let upstream =
-        Direction { read: client_read, write: server_write, delay: shared.delay, kill: Arc::clone(&kill), muted: None };
-    let downstream = Direction {
-        read: server_read,
-        write: client_write,
+    let direction = |read, write, muted| Direction {
+        read,
+        write,
         delay: shared.delay,
+        precise: shared.precise,
         kill: Arc::clone(&kill),
-        muted: Some(muted),
+        muted,
     };
+    let upstream = direction(client_read, server_write, None);
+    let downstream = direction(server_read, client_write, Some(muted));
     drop(killed);
     let inspect = Inspector { shared: Arc::clone(&shared), tail: Vec::new(), kill, mute };
     tokio::join!(upstream.run(Some(inspect)), downstream.run(None));
@@ -234,6 +246,7 @@ struct Direction {
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
     delay: Duration,
+    precise: bool,
     /// Closes both directions of the connection.
     kill: Arc<watch::Sender<bool>>,
     muted: Option<watch::Receiver<bool>>,
@@ -243,7 +256,7 @@ impl Direction {
     /// Reads chunks and hands them to a writer that sends each one `delay` after it was
     /// read, so latency is added without limiting throughput.
     async fn run(self, mut inspector: Option<Inspector>) {
-        let Direction { mut read, mut write, delay, kill, muted } = self;
+        let Direction { mut read, mut write, delay, precise, kill, muted } = self;
         let mut killed = kill.subscribe();
         let mut writer_killed = kill.subscribe();
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>, bool)>();
@@ -253,7 +266,7 @@ impl Direction {
                     () = until_killed(&mut writer_killed) => break,
                     next = rx.recv() => {
                         let Some((due, bytes, close)) = next else { break };
-                        tokio::time::sleep_until(due).await;
+                        wait_until(due, precise).await;
                         if write.write_all(&bytes).await.is_err() {
                             break;
                         }
@@ -301,4 +314,20 @@ impl Direction {
 async fn until_killed(killed: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; drop it here, not across an await.
     let _ = killed.wait_for(|k| *k).await.map(|_| ());
+}
+
+/// Waits until `due`. tokio's timer fires on millisecond ticks, rounding every wait up;
+/// `precise` sleeps to a millisecond before and yields in a loop for the rest.
+async fn wait_until(due: Instant, precise: bool) {
+    if !precise {
+        tokio::time::sleep_until(due).await;
+        return;
+    }
+    let coarse = due.checked_sub(Duration::from_millis(2)).unwrap_or(due);
+    if Instant::now() < coarse {
+        tokio::time::sleep_until(coarse).await;
+    }
+    while Instant::now() < due {
+        tokio::task::yield_now().await;
+    }
 }

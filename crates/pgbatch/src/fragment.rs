@@ -98,15 +98,13 @@ impl Entry {
         };
         let label = self.label.as_deref();
         statement.sql = match guard.expectation {
-            Expectation::Rows { .. } => {
-                match guard::wrap_row_count(&guard.base_sql, statement.shape, guard.expectation, label) {
-                    Ok(sql) => sql,
-                    Err(error) => {
-                        self.statement = Err(Arc::new(error));
-                        return;
-                    }
+            Expectation::Rows { .. } => match guard::wrap_row_count(&guard.base_sql, guard.expectation, label) {
+                Ok(sql) => sql,
+                Err(error) => {
+                    self.statement = Err(Arc::new(error));
+                    return;
                 }
-            }
+            },
             Expectation::RowExists | Expectation::NoRow => {
                 guard::existence_check(&guard.base_sql, guard.expectation, label)
             }

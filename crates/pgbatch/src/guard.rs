@@ -23,7 +23,7 @@ use std::fmt;
 use tokio_postgres::error::{DbError, SqlState};
 
 use crate::error::BuildError;
-use crate::sql_shape::SqlShape;
+use crate::sql_shape::{self, SqlShape};
 
 /// The marker every guard's failure message starts with.
 const MARKER: &str = "pgbatch guard failed";
@@ -100,17 +100,12 @@ impl fmt::Display for GuardFailure {
 }
 
 /// Wraps `sql` so that it fails unless it returns or modifies `expectation`'s row count.
-pub(crate) fn wrap_row_count(
-    sql: &str,
-    shape: SqlShape,
-    expectation: Expectation,
-    label: Option<&str>,
-) -> Result<String, BuildError> {
+pub(crate) fn wrap_row_count(sql: &str, expectation: Expectation, label: Option<&str>) -> Result<String, BuildError> {
     let Expectation::Rows { min, max } = expectation else {
         unreachable!("row-count guards are built from Expectation::Rows")
     };
     let sql = sql.trim_end().trim_end_matches(';');
-    let (inner, output) = match shape {
+    let (inner, output) = match sql_shape::shape(sql) {
         SqlShape::Query | SqlShape::ModifyReturning => (sql.to_owned(), "pgbatch_guarded.*"),
         // Without RETURNING there is nothing to count; `RETURNING 1` adds it, and the outer
         // query returns zero-column rows so the caller still sees a row count only.
@@ -176,13 +171,8 @@ mod tests {
 
     #[test]
     fn row_count_guard_on_plain_update_adds_returning() {
-        let sql = wrap_row_count(
-            "UPDATE t SET a = 1;",
-            SqlShape::Modify,
-            Expectation::Rows { min: 1, max: Some(1) },
-            Some("x */ y"),
-        )
-        .unwrap();
+        let sql =
+            wrap_row_count("UPDATE t SET a = 1;", Expectation::Rows { min: 1, max: Some(1) }, Some("x */ y")).unwrap();
         assert!(sql.starts_with(
             "/* pgbatch guard: x * / y */ WITH pgbatch_guarded AS (UPDATE t SET a = 1 RETURNING 1) SELECT  FROM"
         ));
@@ -191,7 +181,7 @@ mod tests {
 
     #[test]
     fn guard_on_ddl_is_refused() {
-        let err = wrap_row_count("CREATE TABLE t ()", SqlShape::Other, Expectation::Rows { min: 1, max: None }, None);
+        let err = wrap_row_count("CREATE TABLE t ()", Expectation::Rows { min: 1, max: None }, None);
         assert!(matches!(err, Err(BuildError::GuardOnStatementWithoutRows)));
     }
 

@@ -46,24 +46,34 @@ const NOT_IN_TRANSACTION: &[(&[&str], &str)] = &[
     (&["REINDEX", "*", "CONCURRENTLY"], "PostgreSQL refuses it inside a transaction block"),
 ];
 
-/// The classification of one statement's SQL text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Classified {
-    pub(crate) shape: SqlShape,
-    /// Set when the statement must not run inside the batch's transaction: the leading
-    /// keywords and the reason.
-    pub(crate) refused: Option<(String, &'static str)>,
+/// The leading keywords and the reason, when `sql` must not run inside the batch's
+/// transaction. Reads only the first few words.
+pub(crate) fn refusal(sql: &str) -> Option<(String, &'static str)> {
+    const LONGEST: usize = 4;
+    let mut scan = TopLevelWords::new(sql);
+    let leading = scan.next()?;
+    // Most statements are decided by their first word: scan on only when a pattern
+    // starts with it.
+    if !NOT_IN_TRANSACTION.iter().any(|(pattern, _)| pattern[0].eq_ignore_ascii_case(leading)) {
+        return None;
+    }
+    let mut first = [leading; LONGEST];
+    let mut count = 1;
+    for (slot, word) in first[1..].iter_mut().zip(scan) {
+        *slot = word;
+        count += 1;
+    }
+    let words = &first[..count];
+    NOT_IN_TRANSACTION.iter().find_map(|(pattern, why)| {
+        let matches = pattern.len() <= words.len()
+            && pattern.iter().zip(words).all(|(p, w)| *p == "*" || w.eq_ignore_ascii_case(p));
+        matches.then(|| (words[..pattern.len()].join(" ").to_ascii_uppercase(), *why))
+    })
 }
 
-/// Classifies `sql` by its top-level keywords.
-pub(crate) fn classify(sql: &str) -> Classified {
-    let words = top_level_words(sql);
-    let refused = NOT_IN_TRANSACTION.iter().find_map(|(pattern, why)| {
-        let matches = pattern.len() <= words.len()
-            && pattern.iter().zip(&words).all(|(p, w)| *p == "*" || w.eq_ignore_ascii_case(p));
-        matches.then(|| (words[..pattern.len()].join(" ").to_ascii_uppercase(), *why))
-    });
-    Classified { shape: shape_of(&words), refused }
+/// What `sql` produces, for guards. Scans the whole text.
+pub(crate) fn shape(sql: &str) -> SqlShape {
+    shape_of(&TopLevelWords::new(sql).collect::<Vec<_>>())
 }
 
 fn shape_of(words: &[&str]) -> SqlShape {
@@ -93,42 +103,56 @@ const VERBS: &[&str] = &["SELECT", "VALUES", "TABLE", "INSERT", "UPDATE", "DELET
 
 /// The bare words of `sql` outside parentheses, comments, literals and quoted identifiers,
 /// in order.
-fn top_level_words(sql: &str) -> Vec<&str> {
-    let bytes = sql.as_bytes();
-    let mut words = Vec::new();
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match b {
-            b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                i = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_block_comment(bytes, i),
-            b'\'' => i = skip_quoted(bytes, i, b'\'', is_escape_string(bytes, i)),
-            b'"' => i = skip_quoted(bytes, i, b'"', false),
-            b'$' => i = skip_dollar_quoted(sql, i),
-            b'(' => {
-                depth += 1;
-                i += 1;
-            }
-            b')' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-            }
-            _ if b.is_ascii_alphabetic() || b == b'_' => {
-                let start = i;
-                while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_' || bytes[i] == b'$') {
-                    i += 1;
-                }
-                if depth == 0 {
-                    words.push(&sql[start..i]);
-                }
-            }
-            _ => i += 1,
-        }
+struct TopLevelWords<'a> {
+    sql: &'a str,
+    at: usize,
+    depth: usize,
+}
+
+impl<'a> TopLevelWords<'a> {
+    fn new(sql: &'a str) -> Self {
+        TopLevelWords { sql, at: 0, depth: 0 }
     }
-    words
+}
+
+impl<'a> Iterator for TopLevelWords<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let (sql, bytes) = (self.sql, self.sql.as_bytes());
+        while self.at < bytes.len() {
+            let i = self.at;
+            match bytes[i] {
+                b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                    self.at = sql[i..].find('\n').map_or(bytes.len(), |n| i + n + 1);
+                }
+                b'/' if bytes.get(i + 1) == Some(&b'*') => self.at = skip_block_comment(bytes, i),
+                b'\'' => self.at = skip_quoted(bytes, i, b'\'', is_escape_string(bytes, i)),
+                b'"' => self.at = skip_quoted(bytes, i, b'"', false),
+                b'$' => self.at = skip_dollar_quoted(sql, i),
+                b'(' => {
+                    self.depth += 1;
+                    self.at += 1;
+                }
+                b')' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    self.at += 1;
+                }
+                b if b.is_ascii_alphabetic() || b == b'_' => {
+                    let end = bytes[i..]
+                        .iter()
+                        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_' || *b == b'$'))
+                        .map_or(bytes.len(), |n| i + n);
+                    self.at = end;
+                    if self.depth == 0 {
+                        return Some(&sql[i..end]);
+                    }
+                }
+                _ => self.at += 1,
+            }
+        }
+        None
+    }
 }
 
 /// `E'...'` strings treat backslash as an escape character.
@@ -200,29 +224,23 @@ mod tests {
 
     #[test]
     fn shapes_of_common_statements() {
-        assert_eq!(classify("SELECT 1").shape, SqlShape::Query);
-        assert_eq!(classify("  -- c\n values (1)").shape, SqlShape::Query);
-        assert_eq!(classify(r#"UPDATE "t" SET "a" = $1"#).shape, SqlShape::Modify);
-        assert_eq!(
-            classify(r#"INSERT INTO "t" ("a") VALUES ($1) RETURNING "t"."id""#).shape,
-            SqlShape::ModifyReturning
-        );
-        assert_eq!(
-            classify("WITH x AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM x").shape,
-            SqlShape::Modify
-        );
-        assert_eq!(classify("WITH x AS (SELECT 1) SELECT * FROM x").shape, SqlShape::Query);
-        assert_eq!(classify("CREATE TABLE t (returning_x int)").shape, SqlShape::Other);
+        assert_eq!(shape("SELECT 1"), SqlShape::Query);
+        assert_eq!(shape("  -- c\n values (1)"), SqlShape::Query);
+        assert_eq!(shape(r#"UPDATE "t" SET "a" = $1"#), SqlShape::Modify);
+        assert_eq!(shape(r#"INSERT INTO "t" ("a") VALUES ($1) RETURNING "t"."id""#), SqlShape::ModifyReturning);
+        assert_eq!(shape("WITH x AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM x"), SqlShape::Modify);
+        assert_eq!(shape("WITH x AS (SELECT 1) SELECT * FROM x"), SqlShape::Query);
+        assert_eq!(shape("CREATE TABLE t (returning_x int)"), SqlShape::Other);
     }
 
     #[test]
     fn returning_inside_literals_and_subqueries_does_not_count() {
-        assert_eq!(classify("UPDATE t SET a = 'RETURNING'").shape, SqlShape::Modify);
-        assert_eq!(classify(r#"UPDATE t SET "RETURNING" = 1"#).shape, SqlShape::Modify);
-        assert_eq!(classify("UPDATE t SET a = $x$ RETURNING $x$").shape, SqlShape::Modify);
-        assert_eq!(classify("UPDATE t SET a = 1 /* RETURNING /* nested */ a */").shape, SqlShape::Modify);
-        assert_eq!(classify("UPDATE t SET a = E'\\' RETURNING'").shape, SqlShape::Modify);
-        assert_eq!(classify("UPDATE t SET a = $1 RETURNING a").shape, SqlShape::ModifyReturning);
+        assert_eq!(shape("UPDATE t SET a = 'RETURNING'"), SqlShape::Modify);
+        assert_eq!(shape(r#"UPDATE t SET "RETURNING" = 1"#), SqlShape::Modify);
+        assert_eq!(shape("UPDATE t SET a = $x$ RETURNING $x$"), SqlShape::Modify);
+        assert_eq!(shape("UPDATE t SET a = 1 /* RETURNING /* nested */ a */"), SqlShape::Modify);
+        assert_eq!(shape("UPDATE t SET a = E'\\' RETURNING'"), SqlShape::Modify);
+        assert_eq!(shape("UPDATE t SET a = $1 RETURNING a"), SqlShape::ModifyReturning);
     }
 
     #[test]
@@ -239,11 +257,11 @@ mod tests {
             "CREATE UNIQUE INDEX CONCURRENTLY i ON t (a)",
             "reindex table concurrently t",
         ] {
-            assert!(classify(sql).refused.is_some(), "{sql} should be refused");
+            assert!(refusal(sql).is_some(), "{sql} should be refused");
         }
         for sql in ["SELECT 'COMMIT'", "create index i on t (a)", "PREPARE p AS SELECT 1", "-- COMMIT\nSELECT 1"] {
-            assert!(classify(sql).refused.is_none(), "{sql} should be allowed");
+            assert!(refusal(sql).is_none(), "{sql} should be allowed");
         }
-        assert_eq!(classify("end").refused.unwrap().0, "END");
+        assert_eq!(refusal("end").unwrap().0, "END");
     }
 }

@@ -18,7 +18,7 @@ use diesel::query_builder::{QueryBuilder, QueryFragment};
 use tokio_postgres::types::{Kind, Type};
 
 use crate::error::BuildError;
-use crate::sql_shape::{self, SqlShape};
+use crate::sql_shape;
 
 /// The largest number of binds the PostgreSQL wire protocol can carry in one statement.
 pub const MAX_BINDS: usize = u16::MAX as usize;
@@ -79,7 +79,6 @@ pub(crate) struct Statement {
     pub(crate) custom_types: Vec<TypeName>,
     pub(crate) custom_binds: Vec<CustomBind>,
     pub(crate) oid_patches: Vec<OidPatch>,
-    pub(crate) shape: SqlShape,
 }
 
 impl Statement {
@@ -96,8 +95,7 @@ impl Statement {
         if sql.contains('\0') {
             return Err(BuildError::InvalidSql { reason: "the SQL text contains a NUL byte" });
         }
-        let classified = sql_shape::classify(&sql);
-        if let Some((keywords, reason)) = classified.refused {
+        if let Some((keywords, reason)) = sql_shape::refusal(&sql) {
             return Err(BuildError::NotAllowedInTransaction { keywords, reason });
         }
         let binds = collect_binds(query)?;
@@ -118,7 +116,6 @@ impl Statement {
             custom_types: binds.custom_types,
             custom_binds: binds.custom_binds,
             oid_patches: binds.oid_patches,
-            shape: classified.shape,
         })
     }
 }
@@ -264,7 +261,6 @@ mod tests {
         assert_eq!(statement.sql, "SELECT $1 + 1, $2");
         assert_eq!(statement.binds, vec![Some(41i32.to_be_bytes().to_vec()), Some(b"x".to_vec())]);
         assert_eq!(statement.types, vec![Type::INT4, Type::TEXT]);
-        assert_eq!(statement.shape, SqlShape::Query);
     }
 
     #[test]

@@ -58,10 +58,10 @@ async fn median_latency(connection: &mut Connection, batch: &Batch) -> Result<Du
     Ok(quantile(&latencies, 0.5))
 }
 
-async fn probe() -> Result<(), Box<dyn std::error::Error>> {
+async fn probe() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let setup = Setup::new(SCHEMA).await?;
-    let direct = setup.proxy(Duration::ZERO).await?;
-    let delayed = setup.proxy(ONE_WAY).await?;
+    let direct = setup.proxy_with(Duration::ZERO, true).await?;
+    let delayed = setup.proxy_with(ONE_WAY, true).await?;
     let mut fast = setup.connect_via(&direct).await?;
     let mut slow = setup.connect_via(&delayed).await?;
     println!("# one-way delay {} ms, median of {SAMPLES} batches", ONE_WAY.as_millis());
