@@ -124,6 +124,14 @@ impl Harness {
         Harness { db, pool, client }
     }
 
+    /// A pool whose connections carry `application_name`, so that a test can find (and
+    /// terminate) their backends.
+    pub async fn pool_named(&self, application_name: &str, size: u32) -> Pool {
+        let mut config = self.db.config().clone();
+        config.application_name(application_name);
+        pool(config, size).await
+    }
+
     /// A pool whose connections go through `proxy`.
     pub async fn pool_through(&self, proxy: &Proxy, size: u32) -> Pool {
         pool(self.config_via(proxy), size).await

@@ -12,9 +12,7 @@ use crate::common::*;
 #[tokio::test]
 async fn a_backend_terminated_mid_batch_is_all_or_nothing() {
     let h = Harness::new().await;
-    let mut config = h.db.config().clone();
-    config.application_name("pgbatch-victim");
-    let pool = pool(config, 1).await;
+    let pool = h.pool_named("pgbatch-victim", 1).await;
 
     let mut batch = Batch::new();
     batch.push(insert_note(1, "victim 1"));
@@ -93,9 +91,7 @@ async fn a_connection_lost_before_commit_arrived_is_unknown_to_the_client_and_ro
 #[tokio::test]
 async fn a_closed_connection_sends_nothing_and_the_pool_replaces_it() {
     let h = Harness::new().await;
-    let mut config = h.db.config().clone();
-    config.application_name("pgbatch-closed");
-    let pool = pool(config, 1).await;
+    let pool = h.pool_named("pgbatch-closed", 1).await;
     drop(pool.get().await.unwrap());
     h.count("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgbatch-closed'")
         .await;

@@ -13,6 +13,7 @@ mod failures;
 mod guards;
 mod idempotency;
 mod large;
+mod logs;
 mod not_sent;
 mod retry;
 mod two_phase;

@@ -98,11 +98,10 @@ async fn with_retries_off_a_deadlock_surfaces_on_the_first_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_retries_off_a_serialization_failure_surfaces_typed() {
     let h = Harness::new().await;
-    let mut config = h.db.config().clone();
-    config.application_name("no-retry");
+    // Retries off for the whole pool this time (the deadlock test turns them off per batch).
     let pool = bb8::Pool::builder()
         .max_size(2)
-        .build(pgbatch::ConnectionManager::new(config).retry(RetryPolicy::never()))
+        .build(pgbatch::ConnectionManager::new(h.db.config().clone()).retry(RetryPolicy::never()))
         .await
         .unwrap();
     // Both read the balance, wait, then write: the second to commit cannot be serialized.

@@ -220,11 +220,11 @@ impl<E> Batch<E> {
                     Err(error) => self.error(error, attempt, &mut connection).await,
                 };
                 if !(error.is_transient() && attempt < policy.attempts()) {
-                    span.record("outcome", tracing::field::display(error.without_domain()));
+                    span.record("outcome", tracing::field::display(error.log_summary()));
                     return Err(error);
                 }
                 let delay = policy.delay(attempt);
-                tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.without_domain(), "retrying batch");
+                tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.log_summary(), "retrying batch");
                 tokio::time::sleep(delay).await;
                 attempt += 1;
             }

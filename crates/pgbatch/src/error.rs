@@ -169,36 +169,87 @@ impl<E> Error<E> {
     }
 }
 
-/// Displays an error without its domain error, which may not implement `Display`.
-pub(crate) struct WithoutDomain<'a, E>(&'a Error<E>);
+/// A one-line description of an error for logs: which statement, which kind of failure,
+/// the SQLSTATE and the constraint — never the server's message or detail, nor an
+/// encoder's message, which can quote bind values.
+pub(crate) struct LogSummary<'a, E>(&'a Error<E>);
 
-impl<E> fmt::Display for WithoutDomain<'_, E> {
+impl<E> fmt::Display for LogSummary<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Error::Domain { failure, .. } => write!(f, "domain error from {failure}"),
             Error::Invalid { statement, source } => {
-                write!(f, "batch not sent: {}: {source}", StatementRefDisplay(statement.as_ref()))
+                write!(f, "not sent: {}: ", StatementRefDisplay(statement.as_ref()))?;
+                match &**source {
+                    BuildError::Render { .. } => f.write_str("Diesel could not render the SQL"),
+                    BuildError::Encode { bind, .. } => write!(f, "bind {bind} could not be encoded"),
+                    other => other.fmt(f),
+                }
             }
-            Error::Statement(failure) => failure.fmt(f),
-            Error::Commit(failure) => failure.fmt(f),
-            Error::OutcomeUnknown(unknown) => unknown.fmt(f),
-            Error::Connection(source) => write!(f, "batch not sent: connection failed: {source}"),
-            Error::ConnectionClosed => f.write_str("batch not committed: the connection is closed"),
+            Error::Statement(failure) => write!(
+                f,
+                "{} of {} failed: {}",
+                failure.statement,
+                failure.statement_count,
+                CauseSummary(&failure.cause)
+            ),
+            Error::Domain { failure, .. } => write!(
+                f,
+                "{} of {} failed: {} (a domain error)",
+                failure.statement,
+                failure.statement_count,
+                CauseSummary(&failure.cause)
+            ),
+            Error::Commit(failure) => write!(f, "commit failed: {}", CauseSummary(&failure.cause)),
+            Error::OutcomeUnknown(_) => {
+                f.write_str("outcome unknown: connection lost after COMMIT may have been received")
+            }
+            Error::Connection(source) => match source.code() {
+                Some(code) => write!(f, "connection failed: {}", code.code()),
+                None => f.write_str("connection failed"),
+            },
+            Error::ConnectionClosed => f.write_str("connection closed before COMMIT"),
+            Error::Pool(source) => source.fmt(f),
+            Error::Send { statement, .. } => write!(f, "{statement} could not be sent; rolled back"),
             Error::AlreadyCommitted(already) => already.fmt(f),
-            Error::IdempotencyMarker { cause, .. } => {
-                write!(f, "batch rolled back: its idempotency marker could not be written: {cause}")
-            }
-            Error::Pool(source) => write!(f, "batch not sent: {source}"),
-            Error::Send { statement, source } => {
-                write!(f, "batch rolled back: {statement} could not be sent: {source}")
-            }
+            Error::IdempotencyMarker { cause, .. } => write!(f, "idempotency marker failed: {}", CauseSummary(cause)),
         }
     }
 }
 
+/// A cause without the server's message.
+struct CauseSummary<'a>(&'a Cause);
+
+impl fmt::Display for CauseSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = self.0;
+        if let Cause::GuardFailed(guard) = cause {
+            return guard.fmt(f);
+        }
+        let kind = match cause {
+            Cause::UniqueViolation(_) => "unique violation",
+            Cause::ForeignKeyViolation(_) => "foreign-key violation",
+            Cause::CheckViolation(_) => "check violation",
+            Cause::NotNullViolation(_) => "not-null violation",
+            Cause::ExclusionViolation(_) => "exclusion violation",
+            Cause::SerializationFailure(_) => "serialization failure",
+            Cause::Deadlock(_) => "deadlock",
+            _ => "server error",
+        };
+        write!(f, "{kind} {}", cause.code().map_or("", |c| c.code()))?;
+        if let Some(constraint) = cause.constraint() {
+            write!(f, " on {constraint:?}")?;
+        }
+        if let Some(column) = cause.violation().and_then(Violation::column) {
+            write!(f, " (column {column})")?;
+        }
+        Ok(())
+    }
+}
+
 impl<E> Error<E> {
-    pub(crate) fn without_domain(&self) -> WithoutDomain<'_, E> {
-        WithoutDomain(self)
+    /// The error for logs: no server messages, no values.
+    pub(crate) fn log_summary(&self) -> LogSummary<'_, E> {
+        LogSummary(self)
     }
 }
 
