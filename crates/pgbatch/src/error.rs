@@ -549,12 +549,11 @@ impl Violation {
     }
 }
 
-/// What became of one statement of a batch.
+/// What became of one statement of a failed batch. (In a committed batch every statement
+/// ran and committed.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StatementOutcome {
-    /// The statement ran and the batch committed.
-    Committed,
     /// The statement ran, then the transaction was rolled back.
     RolledBack,
     /// The statement is the one that failed.

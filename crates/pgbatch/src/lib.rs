@@ -176,7 +176,7 @@ pub use error::{
 pub use fragment::{Fragment, GuardBuilder, StatementBuilder};
 pub use handle::{Affected, All, Handle, One, Optional};
 pub use idempotency::IdempotencyKey;
-pub use options::{IsolationLevel, TransactionOptions};
+pub use options::IsolationLevel;
 pub use pool::{Acquire, ConnectionManager};
 pub use results::Committed;
 pub use retry::RetryPolicy;

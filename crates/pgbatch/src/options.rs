@@ -27,7 +27,7 @@ impl IsolationLevel {
 
 /// How a batch's transaction starts. The default is the server's default: `BEGIN`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct TransactionOptions {
+pub(crate) struct TransactionOptions {
     pub(crate) isolation: Option<IsolationLevel>,
     pub(crate) read_only: bool,
     pub(crate) deferrable: bool,
