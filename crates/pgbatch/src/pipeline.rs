@@ -182,6 +182,10 @@ fn classify(
     let mut answers = answers.into_iter();
     match answers.next().expect("the BEGIN step") {
         Ok(_) => {}
+        // The BEGIN statements pgbatch writes fail with an ERROR only on a hot standby
+        // (serializable isolation), where the statements after it, then outside any
+        // transaction, cannot write either; a FATAL ends the session before they run. So
+        // nothing was written.
         Err(error) if error.as_db_error().is_some() => return Err(PipelineError::Connection(error)),
         Err(error) => return Err(lost(error)),
     }
