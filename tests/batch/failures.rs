@@ -183,3 +183,43 @@ async fn a_deferred_foreign_key_fails_at_commit_not_at_a_statement() {
     );
     assert_eq!(h.snapshot().await, before);
 }
+
+#[tokio::test]
+async fn an_exclusion_violation_names_its_constraint() {
+    let h = Harness::new().await;
+    h.client
+        .batch_execute(
+            "CREATE TABLE booking (id int PRIMARY KEY, during int4range NOT NULL, \
+             CONSTRAINT booking_no_overlap EXCLUDE USING gist (during WITH &&)); \
+             INSERT INTO booking VALUES (1, '[1,10)')",
+        )
+        .await
+        .unwrap();
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "before"));
+    batch.push(diesel::sql_query("INSERT INTO booking VALUES (2, '[5,15)')")).label("overlapping booking");
+    let err = batch.run(&h.pool).await.unwrap_err();
+    let Cause::ExclusionViolation(v) = err.cause().expect("a cause") else { panic!("{err}") };
+    assert_eq!((v.constraint(), v.table()), (Some("booking_no_overlap"), Some("booking")));
+    assert_eq!(h.count("SELECT count(*) FROM note").await, 0);
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_hand_out_a_connection_times_out_with_nothing_sent() {
+    let h = Harness::new().await;
+    let pool = bb8::Pool::builder()
+        .max_size(1)
+        .connection_timeout(std::time::Duration::from_millis(200))
+        .build(pgbatch::ConnectionManager::new(h.db.config().clone()))
+        .await
+        .unwrap();
+    let held = pool.get().await.unwrap();
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "waiting"));
+    let err = batch.run(&pool).await.unwrap_err();
+    assert!(matches!(err, Error::Pool(pgbatch::PoolError::TimedOut)), "{err}");
+    assert!(!err.may_have_committed());
+    drop(held);
+    batch.run(&pool).await.expect("the connection is free again");
+    assert_eq!(h.count("SELECT count(*) FROM note").await, 1);
+}

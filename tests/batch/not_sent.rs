@@ -87,3 +87,16 @@ async fn an_unknown_custom_type_sends_nothing_of_the_batch() {
     );
     assert_eq!(h.snapshot().await, before);
 }
+
+#[tokio::test]
+async fn sql_with_a_nul_byte_sends_nothing() {
+    let h = Harness::new().await;
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "first"));
+    batch.push(diesel::sql_query("SELECT 1 -- \0"));
+    let err = fails_with_nothing_sent(&h, batch).await;
+    assert!(
+        matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::InvalidSql { .. })),
+        "{err}"
+    );
+}
