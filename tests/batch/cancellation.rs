@@ -22,30 +22,10 @@ async fn notes_tagged(h: &Harness, tag: &str) -> i64 {
     h.count(&format!("SELECT count(*) FROM note WHERE body LIKE '{tag} %'")).await
 }
 
-/// Runs a batch on every connection of `pool`: it can only run after whatever is queued on
-/// that connection, and it must commit.
-async fn pool_still_works(h: &Harness, pool: &Pool) {
-    let mut tasks = Vec::new();
-    for i in 0..pool.state().connections.max(1) {
-        let pool = pool.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut batch = Batch::new();
-            batch.push(insert_note(1, &format!("after {i}")));
-            batch.run(&pool).await.map(|_| ())
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap().expect("the pool runs batches after the interruption");
-    }
-    assert_eq!(h.idle_in_transaction().await, 0, "no backend may be left inside a transaction");
-}
-
 #[tokio::test]
 async fn a_batch_dropped_before_its_first_poll_sends_nothing() {
     let h = Harness::new().await;
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
-    drop(pool.get().await.unwrap());
+    let (proxy, pool) = h.behind_proxy().await;
     let (before, bytes) = (h.snapshot().await, proxy.client_bytes());
     let batch = slow_batch("unpolled");
     let future = batch.run(&pool);

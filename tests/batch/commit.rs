@@ -144,8 +144,7 @@ async fn a_batch_runs_on_a_plain_connection_and_a_checked_out_one() {
 #[tokio::test]
 async fn checking_a_connection_out_of_the_pool_sends_nothing() {
     let h = Harness::new().await;
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
+    let (proxy, pool) = h.behind_proxy().await;
     let mut batch = Batch::new();
     batch.push(insert_note(1, "warm"));
     batch.run(&pool).await.unwrap();

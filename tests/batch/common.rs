@@ -132,9 +132,13 @@ impl Harness {
         pool(config, size).await
     }
 
-    /// A pool whose connections go through `proxy`.
-    pub async fn pool_through(&self, proxy: &Proxy, size: u32) -> Pool {
-        pool(self.config_via(proxy), size).await
+    /// A proxy in front of this database's server, and a pool of one connection through it,
+    /// already connected, so that the proxy's byte count starts after the login.
+    pub async fn behind_proxy(&self) -> (Proxy, Pool) {
+        let proxy = Proxy::builder(server_addr(self.db.config())).start().await.expect("a proxy");
+        let pool = pool(self.config_via(&proxy), 1).await;
+        drop(pool.get().await.expect("a connection through the proxy"));
+        (proxy, pool)
     }
 
     /// This database's configuration, with the proxy as its only host.
@@ -148,11 +152,6 @@ impl Harness {
             config.password(password);
         }
         config
-    }
-
-    /// A proxy in front of this database's server.
-    pub async fn proxy(&self) -> Proxy {
-        Proxy::builder(server_addr(self.db.config())).start().await.expect("a proxy")
     }
 
     /// Every row of every table, as text: equal snapshots mean nothing changed.
@@ -185,6 +184,24 @@ impl Harness {
         )
         .await
     }
+}
+
+/// Runs a batch on every connection of `pool` (each runs after whatever is queued on its
+/// connection, and must commit), then checks that no backend is left inside a transaction.
+pub async fn pool_still_works(h: &Harness, pool: &Pool) {
+    let mut tasks = Vec::new();
+    for i in 0..pool.state().connections.max(1) {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut batch = pgbatch::Batch::new();
+            batch.push(insert_note(1, &format!("after {i}")));
+            batch.run(&pool).await.map(|_| ())
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("the pool runs batches after the interruption");
+    }
+    assert_eq!(h.idle_in_transaction().await, 0, "no backend may be left inside a transaction");
 }
 
 pub async fn pool(config: tokio_postgres::Config, size: u32) -> Pool {

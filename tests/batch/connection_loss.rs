@@ -53,9 +53,7 @@ async fn a_backend_terminated_mid_batch_is_all_or_nothing() {
 
 /// A pool through a proxy armed to cut the connection around the batch's `COMMIT`.
 async fn run_with_cut(h: &Harness, cut: Cut) -> (Result<pgbatch::Committed, Error>, i64) {
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
-    drop(pool.get().await.unwrap());
+    let (proxy, pool) = h.behind_proxy().await;
     proxy.arm(cut);
     let mut batch = Batch::new();
     batch.push(insert_note(1, "cut 1"));

@@ -70,9 +70,7 @@ async fn a_missing_marker_table_fails_the_batch_and_says_what_to_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_after_commit_is_unknown_and_resolves_to_committed() {
     let h = harness().await;
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
-    drop(pool.get().await.unwrap());
+    let (proxy, pool) = h.behind_proxy().await;
     proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
     let err = keyed("i1").run(&pool).await.unwrap_err();
     let Error::OutcomeUnknown(unknown) = &err else { panic!("{err}") };
@@ -90,8 +88,7 @@ async fn cut_after_commit_is_unknown_and_resolves_to_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_before_commit_is_written_is_not_committed_and_resolve_agrees() {
     let h = harness().await;
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
+    let (proxy, pool) = h.behind_proxy().await;
     let batch = keyed("i2");
     let prepared = batch.prepare(&pool).await.unwrap();
     proxy.kill_all();

@@ -8,9 +8,7 @@ use crate::common::*;
 /// Runs `batch` through a proxy and returns its error, after checking that the proxy saw
 /// no byte of it and the database did not change.
 async fn fails_with_nothing_sent(h: &Harness, batch: Batch) -> Error {
-    let proxy = h.proxy().await;
-    let pool = h.pool_through(&proxy, 1).await;
-    drop(pool.get().await.unwrap()); // connect before counting
+    let (proxy, pool) = h.behind_proxy().await;
     let (before, bytes) = (h.snapshot().await, proxy.client_bytes());
     let err = batch.run(&pool).await.expect_err("the batch must be refused");
     assert_eq!(proxy.client_bytes(), bytes, "nothing may reach the server");

@@ -56,12 +56,9 @@ async fn dropping_between_the_phases_rolls_back_and_frees_the_connection() {
     );
     drop(prepared);
     // The pool's only connection runs the next batch after the queued ROLLBACK.
-    let mut next = Batch::new();
-    next.push(insert_note(1, "next"));
-    next.run(&pool).await.unwrap();
-    assert_eq!(h.idle_in_transaction().await, 0);
+    pool_still_works(&h, &pool).await;
     assert_eq!(h.count("SELECT balance FROM account WHERE id = 1").await, 100);
-    assert_eq!(h.count("SELECT count(*) FROM note").await, 1, "only the next batch's note");
+    assert_eq!(h.count("SELECT count(*) FROM note").await, 1, "only the note of the batch after it");
 }
 
 #[tokio::test]
@@ -73,10 +70,8 @@ async fn a_failure_in_the_first_round_trip_rolls_back() {
     let err = batch.prepare(&pool).await.unwrap_err();
     assert_eq!(err.cause().and_then(|c| c.constraint()), Some("balance_nonnegative"));
     assert_eq!(h.snapshot().await, before);
-    let mut next = Batch::new();
-    next.push(insert_note(1, "next"));
-    next.run(&pool).await.expect("the connection is usable: the failed transaction was rolled back");
-    assert_eq!(h.idle_in_transaction().await, 0);
+    // The connection is usable: the failed transaction was rolled back.
+    pool_still_works(&h, &pool).await;
 }
 
 #[tokio::test]
@@ -89,10 +84,7 @@ async fn a_prepare_future_dropped_mid_flight_leaves_no_transaction() {
     let mut future = Box::pin(batch.prepare(&pool));
     let _ = futures_util::poll!(&mut future);
     drop(future);
-    let mut next = Batch::new();
-    next.push(insert_note(1, "next"));
-    next.run(&pool).await.unwrap();
-    assert_eq!(h.idle_in_transaction().await, 0);
+    pool_still_works(&h, &pool).await;
     assert_eq!(h.count("SELECT count(*) FROM note WHERE body = 'dropped'").await, 0);
 }
 
