@@ -9,13 +9,11 @@
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example unknown_outcome
 //! ```
 
-use std::net::ToSocketAddrs;
-
 use pgbatch::idempotency::{self, Resolution};
 use pgbatch::{Batch, ConnectionManager, Error, IdempotencyKey};
 use pgbatch_scenarios::project::{self, ProjectError};
 use pgbatch_scenarios::seed::{Quotas, playground, seed};
-use pgbatch_testing::{Cut, Proxy};
+use pgbatch_testing::Cut;
 use uuid::Uuid;
 
 /// The API handler's batch: create the project, keyed by the request's idempotency key.
@@ -35,18 +33,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A flaky network: a pool whose connections go through a proxy that will lose the
     // answer to the next COMMIT.
-    let server = match &db.config().get_hosts()[0] {
-        pgbatch::tokio_postgres::config::Host::Tcp(host) => (host.as_str(), db.config().get_ports()[0]),
-        #[allow(unreachable_patterns)]
-        _ => return Err("this example needs a TCP server".into()),
-    };
-    let proxy = Proxy::builder(server.to_socket_addrs()?.next().ok_or("no address")?).start().await?;
-    let mut flaky = pgbatch::tokio_postgres::Config::new();
-    flaky.host(proxy.addr().ip().to_string()).port(proxy.addr().port()).dbname(db.name());
-    flaky.user(db.config().get_user().unwrap_or("postgres"));
-    if let Some(password) = db.config().get_password() {
-        flaky.password(password);
-    }
+    let proxy = db.proxy().await?.start().await?;
+    let flaky = db.config_via(&proxy);
     let flaky_pool = bb8::Pool::builder().max_size(1).build(ConnectionManager::new(flaky)).await?;
     proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
 

@@ -169,13 +169,14 @@ async fn upserts_with_on_conflict_return_their_rows() {
     let mut batch = Batch::new();
     let first = batch.push(upsert(5)).one::<i64>();
     let second = batch.push(upsert(7)).one::<i64>();
-    let skipped =
-        batch.push(diesel::insert_into(account::table).values(insert_values(1)).on_conflict_do_nothing()).affected();
+    let skipped = batch
+        .push(
+            diesel::insert_into(account::table)
+                .values((account::id.eq(1), account::email.eq("first@example.com")))
+                .on_conflict_do_nothing(),
+        )
+        .affected();
     let committed = batch.run(&h.pool).await.unwrap();
     assert_eq!((committed.get(&first).unwrap(), committed.get(&second).unwrap()), (105, 112));
     assert_eq!(committed.get(&skipped).unwrap(), 0, "DO NOTHING inserted nothing");
-}
-
-fn insert_values(id: i64) -> (diesel::dsl::Eq<account::id, i64>, diesel::dsl::Eq<account::email, &'static str>) {
-    (account::id.eq(id), account::email.eq("first@example.com"))
 }

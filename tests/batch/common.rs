@@ -135,23 +135,10 @@ impl Harness {
     /// A proxy in front of this database's server, and a pool of one connection through it,
     /// already connected, so that the proxy's byte count starts after the login.
     pub async fn behind_proxy(&self) -> (Proxy, Pool) {
-        let proxy = Proxy::builder(server_addr(self.db.config())).start().await.expect("a proxy");
-        let pool = pool(self.config_via(&proxy), 1).await;
+        let proxy = self.db.proxy().await.expect("a TCP server").start().await.expect("a proxy");
+        let pool = pool(self.db.config_via(&proxy), 1).await;
         drop(pool.get().await.expect("a connection through the proxy"));
         (proxy, pool)
-    }
-
-    /// This database's configuration, with the proxy as its only host.
-    pub fn config_via(&self, proxy: &Proxy) -> tokio_postgres::Config {
-        let original = self.db.config();
-        let mut config = tokio_postgres::Config::new();
-        config.host(proxy.addr().ip().to_string()).port(proxy.addr().port());
-        config.user(original.get_user().expect("a user"));
-        config.dbname(original.get_dbname().expect("a database"));
-        if let Some(password) = original.get_password() {
-            config.password(password);
-        }
-        config
     }
 
     /// Every row of every table, as text: equal snapshots mean nothing changed.
@@ -206,20 +193,6 @@ pub async fn pool_still_works(h: &Harness, pool: &Pool) {
 
 pub async fn pool(config: tokio_postgres::Config, size: u32) -> Pool {
     bb8::Pool::builder().max_size(size).build(ConnectionManager::new(config)).await.expect("a pool")
-}
-
-pub fn server_addr(config: &tokio_postgres::Config) -> std::net::SocketAddr {
-    use std::net::ToSocketAddrs;
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        #[allow(unreachable_patterns)]
-        _ => "127.0.0.1".to_owned(),
-    };
-    (host.as_str(), config.get_ports().first().copied().unwrap_or(5432))
-        .to_socket_addrs()
-        .expect("server address")
-        .next()
-        .expect("server address")
 }
 
 /// `INSERT INTO account (id, email)`.

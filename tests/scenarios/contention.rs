@@ -37,7 +37,7 @@ async fn c3_concurrent_provisioning_never_passes_the_quota() {
         match task.await.unwrap() {
             Ok(()) => ok += 1,
             Err(Error::Domain { error: ProvisionError::InsufficientCapacity { .. }, .. }) => over_quota += 1,
-            Err(other) => panic!("unexpected failure: {}", other.without_domain_for_tests()),
+            Err(other) => panic!("unexpected failure: {other:?}"),
         }
     }
     assert!(ok >= 10, "{ok} succeeded: the quota has room for 10 instances");
@@ -47,16 +47,6 @@ async fn c3_concurrent_provisioning_never_passes_the_quota() {
     assert_eq!(sum.0, 30, "the quota fills up exactly: 10 instances of 3 cpus");
     for id in [w.project, w.silo, FLEET_ID] {
         assert_eq!(w.counters(id).await, sum, "the counters equal the sum of provisioned instances");
-    }
-}
-
-trait ForTests {
-    fn without_domain_for_tests(&self) -> String;
-}
-
-impl<E: std::fmt::Debug> ForTests for Error<E> {
-    fn without_domain_for_tests(&self) -> String {
-        format!("{self:?}")
     }
 }
 

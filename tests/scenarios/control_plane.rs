@@ -7,7 +7,7 @@ use pgbatch_scenarios::firewall::{self, FirewallError, Rule};
 use pgbatch_scenarios::instances::InstanceError;
 use pgbatch_scenarios::project::{self, DeleteError, ProjectError};
 use pgbatch_scenarios::provisioning::{self, FLEET_ID, ProvisionError, Request, Resource};
-use pgbatch_scenarios::schema::{disk, instance, silo, vpc, vpc_firewall_rule};
+use pgbatch_scenarios::schema::{disk, instance, vpc, vpc_firewall_rule};
 use pgbatch_scenarios::service::{self, CreateInstanceError};
 use uuid::Uuid;
 
@@ -239,5 +239,4 @@ async fn c6_delete_a_project_only_at_its_generation_and_when_empty() {
         w.count(&format!("SELECT count(*) FROM project WHERE id = '{}' AND deleted_at IS NOT NULL", w.project)).await,
         1
     );
-    let _ = silo::table;
 }

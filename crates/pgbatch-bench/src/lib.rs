@@ -39,44 +39,7 @@ impl Setup {
         one_way: Duration,
         precise: bool,
     ) -> Result<Proxy, Box<dyn std::error::Error + Send + Sync>> {
-        let config = self.db.config();
-        let host = match &config.get_hosts()[0] {
-            pgbatch::tokio_postgres::config::Host::Tcp(host) => host.clone(),
-            #[allow(unreachable_patterns)]
-            _ => return Err("the benchmarks need a TCP server address".into()),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let target = tokio::net::lookup_host((host.as_str(), port)).await?.next().ok_or("server address")?;
-        Ok(Proxy::builder(target).delay(one_way).precise(precise).start().await?)
-    }
-
-    /// The database's configuration with `proxy` as its only host.
-    pub fn config_via(&self, proxy: &Proxy) -> pgbatch::tokio_postgres::Config {
-        let original = self.db.config();
-        let mut config = pgbatch::tokio_postgres::Config::new();
-        config.host(proxy.addr().ip().to_string()).port(proxy.addr().port());
-        if let Some(user) = original.get_user() {
-            config.user(user);
-        }
-        if let Some(dbname) = original.get_dbname() {
-            config.dbname(dbname);
-        }
-        if let Some(password) = original.get_password() {
-            config.password(password);
-        }
-        config
-    }
-
-    /// A `postgres://` URL of the database through `proxy`, for diesel-async.
-    pub fn url_via(&self, proxy: &Proxy) -> String {
-        let config = self.db.config();
-        let password = config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
-        format!(
-            "postgres://{}{password}@{}/{}",
-            config.get_user().unwrap_or("postgres"),
-            proxy.addr(),
-            config.get_dbname().unwrap_or("postgres")
-        )
+        Ok(self.db.proxy().await?.delay(one_way).precise(precise).start().await?)
     }
 
     /// A pgbatch connection through `proxy`.
@@ -85,7 +48,7 @@ impl Setup {
     ///
     /// When the connection fails.
     pub async fn connect_via(&self, proxy: &Proxy) -> Result<Connection, pgbatch::ConnectError> {
-        Connection::connect_with(&self.config_via(proxy), pgbatch::tokio_postgres::NoTls).await
+        Connection::connect_with(&self.db.config_via(proxy), pgbatch::tokio_postgres::NoTls).await
     }
 }
 

@@ -75,6 +75,14 @@ impl Report {
         self.latencies.iter().find(|l| l.workload == workload && l.rtt == rtt && l.contender == contender)
     }
 
+    /// pgbatch's median over `contender`'s, for one workload and RTT.
+    fn ratio(&self, workload: Workload, rtt: Duration, contender: Contender) -> String {
+        match (self.latency(workload, rtt, Contender::Pgbatch), self.latency(workload, rtt, contender)) {
+            (Some(ours), Some(theirs)) => format!("{:.2}", ours.median.as_secs_f64() / theirs.median.as_secs_f64()),
+            _ => "-".to_owned(),
+        }
+    }
+
     fn rtts(&self) -> Vec<Duration> {
         let mut rtts: Vec<Duration> = self.latencies.iter().map(|l| l.rtt).collect();
         rtts.sort();
@@ -89,23 +97,18 @@ impl Report {
         );
         for workload in Workload::ALL {
             for rtt in self.rtts() {
-                let Some(ours) = self.latency(workload, rtt, Contender::Pgbatch) else { continue };
                 for contender in Contender::ALL {
                     let Some(l) = self.latency(workload, rtt, contender) else { continue };
                     let trips = l.round_trips.map_or("-".into(), |t| format!("{t:.2}"));
-                    let ratio = if contender == Contender::Pgbatch {
-                        "1.00".to_owned()
-                    } else {
-                        format!("{:.2}", ours.median.as_secs_f64() / l.median.as_secs_f64())
-                    };
                     let _ = writeln!(
                         out,
-                        "| {} | {} ms | {} | {} | {} | {trips} | {ratio} |",
+                        "| {} | {} ms | {} | {} | {} | {trips} | {} |",
                         workload.name(),
                         rtt.as_millis(),
                         contender.name(),
                         ms(l.median),
-                        ms(l.p99)
+                        ms(l.p99),
+                        self.ratio(workload, rtt, contender)
                     );
                 }
             }
@@ -120,11 +123,10 @@ impl Report {
         );
         for workload in Workload::ALL {
             for rtt in self.rtts() {
-                let Some(ours) = self.latency(workload, rtt, Contender::Pgbatch) else { continue };
-                let ratio = |c| {
-                    self.latency(workload, rtt, c)
-                        .map_or("-".into(), |l| format!("{:.2}", ours.median.as_secs_f64() / l.median.as_secs_f64()))
-                };
+                if self.latency(workload, rtt, Contender::Pgbatch).is_none() {
+                    continue;
+                }
+                let ratio = |contender| self.ratio(workload, rtt, contender);
                 let _ = writeln!(
                     out,
                     "| {} | {} ms | {} | {} | {} |",

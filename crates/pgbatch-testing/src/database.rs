@@ -1,5 +1,6 @@
 //! A fresh database per test.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -7,7 +8,10 @@ use testcontainers::ContainerAsync;
 use testcontainers::runners::AsyncRunner;
 use testcontainers_modules::postgres::Postgres;
 use tokio::sync::OnceCell;
+use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
+
+use crate::proxy::{Proxy, ProxyBuilder};
 
 /// Where the server behind a [`TestDatabase`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +124,51 @@ impl TestDatabase {
     /// A `postgres://` URL for this database, for libraries that take one (diesel-async).
     pub fn url(&self) -> String {
         url_of(&self.config)
+    }
+
+    /// The server's TCP address: the target of a [`Proxy`] put in front of it.
+    ///
+    /// # Errors
+    ///
+    /// When the configuration names no TCP host (a Unix socket) or the host does not resolve.
+    pub async fn server_addr(&self) -> std::io::Result<SocketAddr> {
+        let host = match self.config.get_hosts().first() {
+            Some(Host::Tcp(host)) => host.clone(),
+            _ => return Err(std::io::Error::other("the test server is not reached over TCP")),
+        };
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        tokio::net::lookup_host((host.as_str(), port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{host} does not resolve")))
+    }
+
+    /// A proxy builder whose target is this database's server.
+    ///
+    /// # Errors
+    ///
+    /// As for [`server_addr`](Self::server_addr).
+    pub async fn proxy(&self) -> std::io::Result<ProxyBuilder> {
+        Ok(Proxy::builder(self.server_addr().await?))
+    }
+
+    /// This database's configuration with `proxy` as its only host. (Cloning
+    /// [`config`](Self::config) and calling `host()` would add a host, not replace it.)
+    pub fn config_via(&self, proxy: &Proxy) -> Config {
+        let mut config = Config::new();
+        config.host(proxy.addr().ip().to_string()).port(proxy.addr().port()).dbname(&self.name);
+        if let Some(user) = self.config.get_user() {
+            config.user(user);
+        }
+        if let Some(password) = self.config.get_password() {
+            config.password(password);
+        }
+        config
+    }
+
+    /// A `postgres://` URL of this database through `proxy`.
+    pub fn url_via(&self, proxy: &Proxy) -> String {
+        url_of(&self.config_via(proxy))
     }
 
     /// Opens a plain tokio-postgres connection to this database, with its driver spawned
@@ -252,7 +301,7 @@ fn url_of(config: &Config) -> String {
             .collect::<String>()
     };
     let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(Host::Tcp(host)) => host.clone(),
         _ => "localhost".to_owned(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432);

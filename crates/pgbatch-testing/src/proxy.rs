@@ -151,7 +151,7 @@ impl Proxy {
     pub fn kill_all(&self) {
         for kill in self.shared.connections.lock().expect("proxy lock").drain(..) {
             if let Some(kill) = kill.upgrade() {
-                let _ = kill.send(true);
+                kill.send_replace(true);
             }
         }
     }
@@ -178,10 +178,11 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     // `kill` closes the connection; `mute` stops the server's answers from reaching the client.
-    let (kill, killed) = watch::channel(false);
-    let kill = Arc::new(kill);
+    // `send_replace` below: the value must stick even before a direction subscribes.
+    let kill = Arc::new(watch::Sender::new(false));
     shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&kill));
-    let (mute, muted) = watch::channel(false);
+    let mute = watch::Sender::new(false);
+    let muted = mute.subscribe();
     let direction = |read, write, muted| Direction {
         read,
         write,
@@ -192,7 +193,6 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     };
     let upstream = direction(client_read, server_write, None);
     let downstream = direction(server_read, client_write, Some(muted));
-    drop(killed);
     let inspect = Inspector { shared: Arc::clone(&shared), tail: Vec::new(), kill, mute };
     tokio::join!(upstream.run(Some(inspect)), downstream.run(None));
 }
@@ -229,11 +229,11 @@ impl Inspector {
         self.shared.cuts.fetch_add(1, Ordering::SeqCst);
         match cut {
             Cut::AfterClientSends { .. } => {
-                let _ = self.mute.send(true);
+                self.mute.send_replace(true);
                 let kill = Arc::clone(&self.kill);
                 tokio::spawn(async move {
                     tokio::time::sleep(GRACE).await;
-                    let _ = kill.send(true);
+                    kill.send_replace(true);
                 });
                 Verdict::Forward
             }
@@ -272,7 +272,7 @@ impl Direction {
                         }
                         if close {
                             let _ = write.shutdown().await;
-                            let _ = kill.send(true);
+                            kill.send_replace(true);
                             break;
                         }
                     }

@@ -89,7 +89,6 @@ macro_rules! row_handle {
                 let $decode = |(row, value): (usize, &Row)| {
                     (self.decode)(&DieselRow(value)).map_err(|source| ResultError::Decode { statement: statement.clone(), row, source })
                 };
-                let _ = &unexpected;
                 $read.ok_or_else(unexpected)?
             }
         }

@@ -16,7 +16,7 @@
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
-use diesel::sql_types::{Double, Text, Timestamp};
+use diesel::sql_types::{Double, Text};
 
 use crate::batch::Batch;
 use crate::error::{BuildError, Error};
@@ -125,15 +125,12 @@ pub async fn install<A: Acquire>(target: A, table: &str) -> Result<(), Error> {
 /// As for [`Batch::run`](crate::Batch::run); it may itself end in `OutcomeUnknown`, which
 /// for this read-only query just means "ask again".
 pub async fn resolve<A: Acquire>(target: A, key: &IdempotencyKey) -> Result<Resolution, Error> {
-    let sql = format!(
-        "SELECT committed_at AT TIME ZONE 'UTC' AS committed_at FROM {} WHERE key = $1",
-        quote_table(&key.table).map_err(invalid)?
-    );
+    let sql = marker_lookup_sql(&key.table).map_err(invalid)?;
     let mut batch = Batch::new();
     let found = batch.push(diesel::sql_query(sql).bind::<Text, _>(&key.key)).optional::<CommittedAt>();
     let committed = batch.run(target).await?;
-    Ok(match committed.get(&found).expect("the marker query returns at most one row of one timestamp") {
-        Some(CommittedAt { committed_at }) => Resolution::Committed { at: committed_at },
+    Ok(match committed.get(&found).expect("the marker query returns at most one row of one float") {
+        Some(CommittedAt { committed_at }) => Resolution::Committed { at: epoch_seconds(committed_at) },
         None => Resolution::NotCommitted,
     })
 }
@@ -162,16 +159,29 @@ pub(crate) async fn committed_at(
     connection: &crate::Connection,
     key: &IdempotencyKey,
 ) -> Result<Option<SystemTime>, tokio_postgres::Error> {
-    let Ok(table) = quote_table(&key.table) else { return Ok(None) };
-    let sql = format!("SELECT EXTRACT(EPOCH FROM committed_at)::float8 FROM {table} WHERE key = $1");
+    // The marker was just written through this table name, so it is valid.
+    let Ok(sql) = marker_lookup_sql(&key.table) else { return Ok(None) };
     let rows = connection.client().query_typed(&sql, &[(&key.key, tokio_postgres::types::Type::TEXT)]).await?;
-    Ok(rows.first().map(|row| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(row.get::<_, f64>(0))))
+    Ok(rows.first().map(|row| epoch_seconds(row.get(0))))
+}
+
+/// When a key committed, as seconds since the Unix epoch (so that both readers, Diesel and
+/// tokio-postgres, decode a plain `float8`).
+fn marker_lookup_sql(table: &str) -> Result<String, BuildError> {
+    Ok(format!(
+        "SELECT EXTRACT(EPOCH FROM committed_at)::float8 AS committed_at FROM {} WHERE key = $1",
+        quote_table(table)?
+    ))
+}
+
+fn epoch_seconds(seconds: f64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds)
 }
 
 #[derive(diesel::QueryableByName)]
 struct CommittedAt {
-    #[diesel(sql_type = Timestamp)]
-    committed_at: SystemTime,
+    #[diesel(sql_type = Double)]
+    committed_at: f64,
 }
 
 fn invalid(source: BuildError) -> Error {

@@ -286,3 +286,49 @@ impl<'s> Params<'s> {
         self.binds.iter().zip(self.types.iter()).map(|(bind, ty)| (RawBind(bind.as_deref()), ty.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pgbatch_testing::TestDatabase;
+    use tokio_postgres::NoTls;
+
+    use super::*;
+    use crate::statement::MAX_BINDS;
+
+    /// A statement tokio-postgres refuses to encode (more binds than the protocol carries).
+    /// `Statement::render` refuses it first; it is built here directly to test the net
+    /// behind that check.
+    fn unsendable() -> Statement {
+        let count = MAX_BINDS + 1;
+        Statement {
+            sql: "SELECT 1".to_owned(),
+            binds: vec![None; count],
+            types: vec![Type::INT4; count],
+            custom_types: Vec::new(),
+            custom_binds: Vec::new(),
+            oid_patches: Vec::new(),
+        }
+    }
+
+    fn insert(value: i32) -> Statement {
+        Statement::render(&diesel::sql_query(format!("INSERT INTO t VALUES ({value})"))).expect("renders")
+    }
+
+    #[tokio::test]
+    async fn a_statement_the_client_refuses_to_send_turns_commit_into_rollback() {
+        let db = TestDatabase::create().await.expect("a test database");
+        db.execute("CREATE TABLE t (a int)").await.unwrap();
+        let inspect = db.connect().await.unwrap();
+        let count = async || inspect.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get::<_, i64>(0);
+        let mut connection = Connection::connect_with(db.config(), NoTls).await.unwrap();
+        let (before, refused, after) = (insert(1), unsendable(), insert(2));
+
+        let result = run(&mut connection, "BEGIN", &[&before, &refused, &after], End::Commit).await;
+        assert!(matches!(result, Err(PipelineError::Send { index: 1, .. })), "{result:?}");
+        assert_eq!(count().await, 0, "the statements around the refused one were sent, then rolled back");
+
+        let result = run(&mut connection, "BEGIN", &[&before], End::Commit).await;
+        assert!(result.is_ok(), "the connection is outside any transaction afterwards: {result:?}");
+        assert_eq!(count().await, 1);
+    }
+}

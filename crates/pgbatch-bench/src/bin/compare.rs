@@ -74,8 +74,8 @@ async fn compare(plan: Plan) -> Result<Report, BoxError> {
     for rtt_ms in RTTS_MS {
         let rtt = Duration::from_millis(rtt_ms);
         let proxy = setup.proxy_with(rtt / 2, true).await?;
-        let config = setup.config_via(&proxy);
-        let mut clients = Clients::connect(&config, &setup.url_via(&proxy)).await?;
+        let config = setup.db.config_via(&proxy);
+        let mut clients = Clients::connect(&config, &setup.db.url_via(&proxy)).await?;
         let probe = plain(&config).await?;
         let mut probe_latencies = Vec::new();
         for _ in 0..plan.samples {
@@ -150,7 +150,7 @@ async fn hot_row_run(
     let rtt = Duration::from_millis(1);
     // tokio's timer (not spinning: 8 connections would need the two cores for it).
     let proxy = setup.proxy_with(rtt / 2, true).await?;
-    let config = setup.config_via(&proxy);
+    let config = setup.db.config_via(&proxy);
     let probe = plain(&config).await?;
     probe.query_typed("SELECT 1", &[]).await?;
     let start = Instant::now();
@@ -163,7 +163,7 @@ async fn hot_row_run(
         bb8::Pool::builder().max_size(HOT_ROW_POOL).build(pgbatch::ConnectionManager::new(config.clone())).await?;
     let diesel_pool = bb8::Pool::builder()
         .max_size(HOT_ROW_POOL)
-        .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(setup.url_via(&proxy)))
+        .build(AsyncDieselConnectionManager::<AsyncPgConnection>::new(setup.db.url_via(&proxy)))
         .await?;
     let mut rows = Vec::new();
     for contender in [Contender::Pgbatch, Contender::DieselAsync] {
