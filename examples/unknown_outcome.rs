@@ -13,7 +13,7 @@ use pgbatch::idempotency::{self, Resolution};
 use pgbatch::{Batch, ConnectionManager, Error, IdempotencyKey};
 use pgbatch_scenarios::project::{self, ProjectError};
 use pgbatch_scenarios::seed::{Quotas, playground, seed};
-use pgbatch_testing::Cut;
+use pgbatch_testing::Fault;
 use uuid::Uuid;
 
 /// The API handler's batch: create the project, keyed by the request's idempotency key.
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proxy = db.proxy().await?.start().await?;
     let flaky = db.config_via(&proxy);
     let flaky_pool = bb8::Pool::builder().max_size(1).build(ConnectionManager::new(flaky)).await?;
-    proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
 
     let key = IdempotencyKey::new(format!("create-project-{}", Uuid::new_v4()));
     let batch = create_project(&key, Uuid::new_v4(), world.silo);

@@ -196,11 +196,17 @@ pub async fn pool(config: tokio_postgres::Config, size: u32) -> Pool {
 }
 
 /// `INSERT INTO account (id, email)`.
-pub fn insert_account(id: i64, email: &str) -> impl diesel::query_builder::QueryFragment<Pg> + use<> {
+pub fn insert_account(
+    id: i64,
+    email: &str,
+) -> impl diesel::query_builder::QueryFragment<Pg> + diesel::query_builder::QueryId + use<> {
     diesel::insert_into(account::table).values((account::id.eq(id), account::email.eq(email.to_owned())))
 }
 
 /// `INSERT INTO note (account_id, body)`.
-pub fn insert_note(account_id: i64, body: &str) -> impl diesel::query_builder::QueryFragment<Pg> + use<> {
+pub fn insert_note(
+    account_id: i64,
+    body: &str,
+) -> impl diesel::query_builder::QueryFragment<Pg> + diesel::query_builder::QueryId + use<> {
     diesel::insert_into(note::table).values((note::account_id.eq(account_id), note::body.eq(body.to_owned())))
 }

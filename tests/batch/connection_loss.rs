@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use diesel::sql_types::Double;
 use pgbatch::{Batch, Cause, Error};
-use pgbatch_testing::Cut;
+use pgbatch_testing::Fault;
 
 use crate::common::*;
 
@@ -52,9 +52,9 @@ async fn a_backend_terminated_mid_batch_is_all_or_nothing() {
 }
 
 /// A pool through a proxy armed to cut the connection around the batch's `COMMIT`.
-async fn run_with_cut(h: &Harness, cut: Cut) -> (Result<pgbatch::Committed, Error>, i64) {
+async fn run_with_cut(h: &Harness, fault: Fault) -> (Result<pgbatch::Committed, Error>, i64) {
     let (proxy, pool) = h.behind_proxy().await;
-    proxy.arm(cut);
+    proxy.arm(fault);
     let mut batch = Batch::new();
     batch.push(insert_note(1, "cut 1"));
     batch.push(insert_note(1, "cut 2"));
@@ -69,7 +69,7 @@ async fn run_with_cut(h: &Harness, cut: Cut) -> (Result<pgbatch::Committed, Erro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome() {
     let h = Harness::new().await;
-    let (result, rows) = run_with_cut(&h, Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() }).await;
+    let (result, rows) = run_with_cut(&h, Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() }).await;
     let err = result.expect_err("no answer came back, so this cannot be a success");
     assert!(matches!(err, Error::OutcomeUnknown(_)), "{err}");
     assert!(err.may_have_committed());
@@ -79,7 +79,7 @@ async fn a_connection_lost_after_commit_was_sent_is_an_unknown_outcome() {
 #[tokio::test]
 async fn a_connection_lost_before_commit_arrived_is_unknown_to_the_client_and_rolled_back() {
     let h = Harness::new().await;
-    let (result, rows) = run_with_cut(&h, Cut::BeforeClientSends { pattern: b"COMMIT\0".to_vec() }).await;
+    let (result, rows) = run_with_cut(&h, Fault::CutBeforeClientSends { pattern: b"COMMIT\0".to_vec() }).await;
     // The client wrote COMMIT to its socket; it cannot know the proxy dropped it.
     let err = result.expect_err("not a success");
     assert!(matches!(err, Error::OutcomeUnknown(_)), "{err}");

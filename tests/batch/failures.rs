@@ -217,7 +217,7 @@ async fn a_pool_that_cannot_hand_out_a_connection_times_out_with_nothing_sent() 
     let mut batch = Batch::new();
     batch.push(insert_note(1, "waiting"));
     let err = batch.run(&pool).await.unwrap_err();
-    assert!(matches!(err, Error::Pool(pgbatch::PoolError::TimedOut)), "{err}");
+    assert!(matches!(err, Error::Pool(pgbatch::PoolError::TimedOut { last_connect_error: None })), "{err}");
     assert!(!err.may_have_committed());
     drop(held);
     batch.run(&pool).await.expect("the connection is free again");

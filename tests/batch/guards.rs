@@ -204,3 +204,74 @@ async fn a_failing_user_cast_is_not_mistaken_for_a_guard() {
     let err = batch.run(&h.pool).await.unwrap_err();
     assert!(matches!(err.cause(), Some(Cause::Server(_))), "{err}");
 }
+
+#[tokio::test]
+async fn a_row_range_that_accepts_no_count_is_refused_before_sending() {
+    let h = Harness::new().await;
+    #[allow(clippy::reversed_empty_ranges)]
+    for (index, build) in [
+        (|b: &mut Batch| {
+            b.push(diesel::update(account::table.find(1)).set(account::balance.eq(1))).expect_rows_in(..0);
+        }) as fn(&mut Batch),
+        |b: &mut Batch| {
+            b.push(diesel::update(account::table.find(1)).set(account::balance.eq(1))).expect_rows_in(5..=2);
+        },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut batch = Batch::new();
+        build(&mut batch);
+        let err = batch.run(&h.pool).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::EmptyRowRange { .. })),
+            "range {index}: {err}"
+        );
+    }
+    assert_eq!(h.count("SELECT balance FROM account WHERE id = 1").await, 100);
+}
+
+#[tokio::test]
+async fn labels_with_comment_marks_and_control_characters_keep_the_sql_whole() {
+    let h = Harness::new().await;
+    for label in ["a /* nested", "closes */ early", "nul \0 inside", "line\nbreak"] {
+        let failed = run_guarded(&h, |b| {
+            b.push(diesel::update(account::table.find(404)).set(account::balance.eq(7))).label(label).expect_rows(1);
+        })
+        .await
+        .expect("the guard runs and fails on its own terms");
+        assert_eq!((failed.label(), failed.actual_rows()), (Some(label), Some(0)));
+        assert!(
+            run_guarded(&h, |b| {
+                b.guard_exists(account::table.find(1).select(account::id)).label(label);
+            })
+            .await
+            .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_guarded_statement_ending_in_a_comment_or_semicolon() {
+    let h = Harness::new().await;
+    for sql in [
+        "UPDATE account SET balance = 7 WHERE id = 404 -- a note",
+        "UPDATE account SET balance = 7 WHERE id = 404; /* x */",
+    ] {
+        let failed = run_guarded(&h, |b| {
+            b.push(diesel::sql_query(sql)).label("commented").expect_rows(1);
+        })
+        .await
+        .expect("the guard fails");
+        assert_eq!(failed.actual_rows(), Some(0), "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn a_guarded_statements_own_cast_error_is_not_its_guards_failure() {
+    let h = Harness::new().await;
+    let mut batch = Batch::new();
+    batch.push(diesel::sql_query("SELECT 'pgbatch guard failed: rows=3'::bool")).label("user cast").expect_rows(1);
+    let err = batch.run(&h.pool).await.unwrap_err();
+    assert!(matches!(err.cause(), Some(Cause::Server(e)) if e.code().code() == "22P02"), "{err}");
+}

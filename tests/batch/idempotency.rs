@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use pgbatch::idempotency::{self, Resolution};
 use pgbatch::{Batch, Error, IdempotencyKey};
-use pgbatch_testing::Cut;
+use pgbatch_testing::Fault;
 
 use crate::common::*;
 
@@ -67,12 +67,15 @@ async fn a_missing_marker_table_fails_the_batch_and_says_what_to_do() {
     assert_eq!(notes(&h, "k").await, 0);
 }
 
+// On a bare connection: a batch run on a pool settles its own unknown outcome (see the
+// tests below).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_after_commit_is_unknown_and_resolves_to_committed() {
     let h = harness().await;
-    let (proxy, pool) = h.behind_proxy().await;
-    proxy.arm(Cut::AfterClientSends { pattern: b"COMMIT\0".to_vec() });
-    let err = keyed("i1").run(&pool).await.unwrap_err();
+    let (proxy, _) = h.behind_proxy().await;
+    let mut connection = pgbatch::Connection::connect_with(h.db.config_via(&proxy)).await.unwrap();
+    proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    let err = keyed("i1").run(&mut connection).await.unwrap_err();
     let Error::OutcomeUnknown(unknown) = &err else { panic!("{err}") };
     assert_eq!(unknown.idempotency_key(), Some("i1"));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -143,4 +146,79 @@ async fn a_custom_marker_table() {
             .map(|c| c.code()),
         Some("42P01")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_batch_on_a_pool_settles_a_lost_commit_as_already_committed() {
+    let h = harness().await;
+    let (proxy, pool) = h.behind_proxy().await;
+    // COMMIT reaches the server, its answer never reaches the client.
+    proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    let err = keyed("settled").run(&pool).await.unwrap_err();
+    let Error::AlreadyCommitted(already) = &err else { panic!("settled, not {err}") };
+    assert!(already.was_settled(), "this call's own run committed");
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(notes(&h, "settled").await, 1, "the rows exist once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_batch_on_a_pool_replays_a_lost_batch_that_did_not_commit() {
+    let h = harness().await;
+    let (proxy, pool) = h.behind_proxy().await;
+    // The client writes everything; the server never gets COMMIT and rolls back.
+    proxy.arm(Fault::CutBeforeClientSends { pattern: b"COMMIT\0".to_vec() });
+    let committed = keyed("replayed").run(&pool).await.expect("settled as not committed, then replayed");
+    assert!(committed.was_settled());
+    assert_eq!(committed.attempts(), 2);
+    assert_eq!(proxy.cuts(), 1);
+    assert_eq!(notes(&h, "replayed").await, 1, "the rows exist once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unkeyed_batch_on_a_pool_stays_unknown() {
+    let h = harness().await;
+    let (proxy, pool) = h.behind_proxy().await;
+    proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "unkeyed"));
+    let err = batch.run(&pool).await.unwrap_err();
+    assert!(matches!(err, Error::OutcomeUnknown(_)), "{err}");
+}
+
+/// The original batch lost its connection while its backend waits on a lock, its marker
+/// written but not committed: `resolve` must not answer before that batch ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_waits_for_a_batch_still_running_on_the_server() {
+    let h = harness().await;
+    let blocker = h.db.connect().await.unwrap();
+    blocker.batch_execute("BEGIN; SELECT * FROM account WHERE id = 1 FOR UPDATE").await.unwrap();
+    let (proxy, _) = h.behind_proxy().await;
+    let mut connection = pgbatch::Connection::connect_with(h.db.config_via(&proxy)).await.unwrap();
+    let mut batch = keyed("in-flight");
+    batch.push(diesel::sql_query("UPDATE account SET balance = balance + 1 WHERE id = 1")).label("waits on the lock");
+    let cut = async {
+        while h
+            .count(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .await
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        proxy.kill_all();
+    };
+    let (result, ()) = tokio::join!(batch.run(&mut connection), cut);
+    assert!(matches!(result, Err(Error::OutcomeUnknown(_))), "{result:?}");
+
+    // The lock is released while resolve runs; the original batch then commits.
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        blocker.batch_execute("COMMIT").await.unwrap();
+    };
+    let key = IdempotencyKey::new("in-flight");
+    let (resolution, ()) = tokio::join!(idempotency::resolve(&h.pool, &key), release);
+    let committed = notes(&h, "in-flight").await == 1;
+    assert_eq!(matches!(resolution.unwrap(), Resolution::Committed { .. }), committed, "resolve's answer is final");
+    assert!(committed, "the original batch committed once the lock was released");
 }

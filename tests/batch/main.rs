@@ -4,16 +4,21 @@
 // Test modules share helpers with `pub`; nothing here is an API.
 #![allow(unreachable_pub, missing_docs)]
 
+mod ambiguous;
 mod cancellation;
 mod commit;
 mod common;
+mod connect;
 mod connection_loss;
 mod custom_types;
 mod failures;
 mod guards;
+mod hooks;
 mod idempotency;
 mod large;
 mod logs;
 mod not_sent;
+mod restart;
 mod retry;
+mod session;
 mod two_phase;

@@ -42,7 +42,7 @@ async fn a_statement_with_65536_binds_sends_nothing() {
     batch.push(diesel::insert_into(note::table).values(&rows)).label("too many binds");
     let err = fails_with_nothing_sent(&h, batch).await;
     let Error::Invalid { source, statement } = &err else { panic!("{err}") };
-    assert!(matches!(**source, BuildError::TooManyBinds { count: 65_536 }), "{source:?}");
+    assert!(matches!(**source, BuildError::TooManyBinds { count: 65_536, .. }), "{source:?}");
     assert_eq!(statement.as_ref().unwrap().label(), Some("too many binds"));
 
     // 65535 binds is the protocol's limit and goes through.
@@ -95,6 +95,20 @@ async fn sql_with_a_nul_byte_sends_nothing() {
     let err = fails_with_nothing_sent(&h, batch).await;
     assert!(
         matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::InvalidSql { .. })),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_line_comment_ended_by_a_carriage_return_does_not_hide_a_commit() {
+    let h = Harness::new().await;
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "before"));
+    batch.push(diesel::sql_query("-- note\rCOMMIT")).label("hidden commit");
+    batch.push(insert_note(1, "after"));
+    let err = fails_with_nothing_sent(&h, batch).await;
+    assert!(
+        matches!(&err, Error::Invalid { source, .. } if matches!(**source, BuildError::NotAllowedInTransaction { .. })),
         "{err}"
     );
 }

@@ -25,7 +25,8 @@ pub enum Contender {
     /// tokio-postgres `Transaction`, interactive, prepared statements reused.
     TokioPostgres,
     /// A hand-written tokio-postgres pipeline: `BEGIN`, `execute_typed` per statement and
-    /// `COMMIT`, queued together. The floor pgbatch's design can reach.
+    /// `COMMIT`, queued together, each ending in its own `Sync`: the best tokio-postgres's
+    /// request API allows.
     Pipeline,
 }
 
@@ -62,7 +63,7 @@ impl Clients {
     /// When a connection fails.
     pub async fn connect(config: &Config, url: &str) -> Result<Self, BoxError> {
         Ok(Clients {
-            pgbatch: pgbatch::Connection::connect_with(config, NoTls).await?,
+            pgbatch: pgbatch::Connection::connect_with(config).await?,
             diesel: AsyncPgConnection::establish(url).await?,
             interactive: plain(config).await?,
             prepared: HashMap::new(),
@@ -125,7 +126,7 @@ pub async fn diesel_transaction(connection: &mut AsyncPgConnection, statements: 
     Ok(())
 }
 
-/// The floor: `BEGIN`, every statement and `COMMIT` queued on the first poll, in order,
+/// The hand-written pipeline: `BEGIN`, every statement and `COMMIT` queued on the first poll, in order,
 /// then their answers read.
 async fn pipeline(client: &Client, statements: &[Statement]) -> Result<(), BoxError> {
     let requests: Vec<(String, Vec<Param>)> = statements.iter().map(|s| (s.sql(), s.params())).collect();

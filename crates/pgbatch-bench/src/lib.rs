@@ -48,7 +48,7 @@ impl Setup {
     ///
     /// When the connection fails.
     pub async fn connect_via(&self, proxy: &Proxy) -> Result<Connection, pgbatch::ConnectError> {
-        Connection::connect_with(&self.db.config_via(proxy), pgbatch::tokio_postgres::NoTls).await
+        Connection::connect_with(&self.db.config_via(proxy)).await
     }
 }
 
@@ -85,6 +85,18 @@ pub fn quantile(latencies: &[Duration], q: f64) -> Duration {
 /// How many round trips of `2 * one_way` the delay added: `(with - without) / (2 * one_way)`.
 pub fn effective_round_trips(with_delay: Duration, without: Duration, one_way: Duration) -> f64 {
     (with_delay.as_secs_f64() - without.as_secs_f64()) / (2.0 * one_way.as_secs_f64())
+}
+
+/// CPU time of the calling thread (Linux).
+///
+/// # Errors
+///
+/// When `/proc/thread-self/schedstat` cannot be read.
+pub fn thread_cpu() -> Result<Duration, String> {
+    let stat =
+        std::fs::read_to_string("/proc/thread-self/schedstat").map_err(|e| format!("per-thread CPU time: {e}"))?;
+    let nanos: u64 = stat.split_whitespace().next().and_then(|n| n.parse().ok()).ok_or("unreadable schedstat")?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 #[cfg(test)]

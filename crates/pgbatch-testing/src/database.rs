@@ -23,6 +23,8 @@ pub enum ServerSource {
     Libpq,
     /// A container started through testcontainers.
     Container,
+    /// A server the caller named ([`TestDatabase::create_on`]).
+    Explicit,
 }
 
 /// Why no test database could be made.
@@ -94,16 +96,31 @@ impl TestDatabase {
     /// [`SetupError::Server`] when the server refuses the connection or the database.
     pub async fn create() -> Result<Self, SetupError> {
         let server = SERVER.get_or_try_init(find_server).await?;
+        Self::create_with(&server.admin, server.source).await
+    }
+
+    /// Creates a fresh database on the server `admin` connects to (as a user allowed to
+    /// create databases), for example a [`LocalCluster`](crate::LocalCluster) of a test's
+    /// own.
+    ///
+    /// # Errors
+    ///
+    /// [`SetupError::Server`] when the server refuses the connection or the database.
+    pub async fn create_on(admin: &Config) -> Result<Self, SetupError> {
+        Self::create_with(admin, ServerSource::Explicit).await
+    }
+
+    async fn create_with(admin_config: &Config, source: ServerSource) -> Result<Self, SetupError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!("pgbatch_test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let admin = connect(&server.admin).await.map_err(|error| server_error(server.source, error))?;
+        let admin = connect(admin_config).await.map_err(|error| server_error(source, error))?;
         admin
             .batch_execute(&format!("CREATE DATABASE \"{name}\""))
             .await
-            .map_err(|error| server_error(server.source, error))?;
-        let mut config = server.admin.clone();
+            .map_err(|error| server_error(source, error))?;
+        let mut config = admin_config.clone();
         config.dbname(&name);
-        Ok(TestDatabase { name, config, admin: server.admin.clone(), source: server.source })
+        Ok(TestDatabase { name, config, admin: admin_config.clone(), source })
     }
 
     /// The database's name.
@@ -283,6 +300,7 @@ fn server_error(source: ServerSource, error: tokio_postgres::Error) -> SetupErro
         ServerSource::DatabaseUrl => "DATABASE_URL",
         ServerSource::Libpq => "PGHOST",
         ServerSource::Container => "container",
+        ServerSource::Explicit => "given",
     };
     SetupError::Server { source_name, error }
 }

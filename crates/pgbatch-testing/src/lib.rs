@@ -25,8 +25,10 @@
 //! # Ok(()) }
 //! ```
 
+mod cluster;
 mod database;
 mod proxy;
 
+pub use cluster::{ClusterError, LocalCluster};
 pub use database::{ServerSource, SetupError, TestDatabase};
-pub use proxy::{Cut, Proxy, ProxyBuilder};
+pub use proxy::{Fault, Proxy, ProxyBuilder};

@@ -1,9 +1,11 @@
-//! A TCP proxy between a client and PostgreSQL that adds latency and cuts connections.
+//! A TCP proxy between a client and PostgreSQL that adds latency and injects faults.
 //!
 //! Latency makes round trips countable: with a delay D each way, a batch that costs one
-//! round trip takes about 2D longer than without. Cuts make connection loss reproducible:
-//! [`Cut::AfterClientSends`] lets a `COMMIT` reach the server but loses its answer, and
-//! [`Cut::BeforeClientSends`] loses the `COMMIT` itself.
+//! round trip takes about 2D longer than without. Faults make connection loss reproducible
+//! at any byte: [`Fault::CutAfterClientBytes`] lets exactly k bytes of a request through
+//! and closes the connection, [`Fault::CutAfterServerBytes`] does the same to the answers,
+//! [`Fault::StallAfterClientBytes`] stops the traffic without closing, and
+//! [`Fault::RewriteServer`] changes what the server said.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -17,31 +19,57 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// When to cut the next connection that sends a given byte pattern (for example `COMMIT`).
+/// A fault armed on the proxy; it fires once, on the first connection whose traffic
+/// reaches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Cut {
+pub enum Fault {
     /// Forward the client's bytes that contain `pattern` (and whatever the client sends in
     /// the next moments) to the server, but none of the server's answers from then on;
     /// then close the connection. The server runs what it got, the client never hears.
-    AfterClientSends {
+    CutAfterClientSends {
         /// The bytes to wait for.
         pattern: Vec<u8>,
     },
     /// Forward the client's bytes up to the start of `pattern`, then close the connection:
     /// the server never receives the pattern.
-    BeforeClientSends {
+    CutBeforeClientSends {
         /// The bytes to wait for.
         pattern: Vec<u8>,
     },
+    /// Forward exactly this many more bytes from the client, then close the connection in
+    /// both directions.
+    CutAfterClientBytes(u64),
+    /// Forward exactly this many more bytes from the server, then close the connection in
+    /// both directions.
+    CutAfterServerBytes(u64),
+    /// Forward exactly this many more bytes from the client, then stop forwarding in both
+    /// directions without closing anything: the network stalls, until
+    /// [`Proxy::resume_all`] or [`Proxy::kill_all`].
+    StallAfterClientBytes(u64),
+    /// Replace the first occurrence of `from` in the server's bytes with `to`.
+    RewriteServer {
+        /// The bytes to find.
+        from: Vec<u8>,
+        /// What the client gets instead.
+        to: Vec<u8>,
+    },
 }
 
-impl Cut {
-    fn pattern(&self) -> &[u8] {
+impl Fault {
+    fn applies_to(&self, direction: Side) -> bool {
         match self {
-            Cut::AfterClientSends { pattern } | Cut::BeforeClientSends { pattern } => pattern,
+            Fault::CutAfterServerBytes(_) | Fault::RewriteServer { .. } => direction == Side::Server,
+            _ => direction == Side::Client,
         }
     }
+}
+
+/// Which side's bytes a direction carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
 }
 
 /// Configures a [`Proxy`].
@@ -77,8 +105,9 @@ impl ProxyBuilder {
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             armed: Mutex::new(None),
-            cuts: AtomicUsize::new(0),
+            fired: AtomicUsize::new(0),
             client_bytes: AtomicU64::new(0),
+            server_bytes: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             delay: self.delay,
             precise: self.precise,
@@ -109,14 +138,35 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Shared {
-    armed: Mutex<Option<Cut>>,
-    cuts: AtomicUsize,
+    armed: Mutex<Option<Armed>>,
+    fired: AtomicUsize,
     /// Bytes read from clients, whether or not they were forwarded.
     client_bytes: AtomicU64,
-    /// Each connection's kill switch.
-    connections: Mutex<Vec<Weak<watch::Sender<bool>>>>,
+    /// Bytes read from the server, whether or not they were forwarded.
+    server_bytes: AtomicU64,
+    /// Each connection's switches.
+    connections: Mutex<Vec<Weak<Switches>>>,
     delay: Duration,
     precise: bool,
+}
+
+/// A fault and what is left of it.
+#[derive(Debug)]
+struct Armed {
+    fault: Fault,
+    /// Bytes still to forward, for the byte-count faults.
+    remaining: u64,
+    /// The last bytes seen, for the pattern faults (a pattern can straddle chunks).
+    tail: Vec<u8>,
+}
+
+/// A connection's kill and stall switches: `kill` closes both directions, `stall` stops
+/// them, `mute` drops the server's answers.
+#[derive(Debug)]
+struct Switches {
+    kill: watch::Sender<bool>,
+    stall: watch::Sender<bool>,
+    mute: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -130,35 +180,55 @@ impl Proxy {
         self.addr
     }
 
-    /// Arms a one-shot cut: the first connection whose client sends the pattern is cut.
-    pub fn arm(&self, cut: Cut) {
-        *self.shared.armed.lock().expect("proxy lock") = Some(cut);
+    /// Arms a one-shot fault (replacing one that has not fired).
+    pub fn arm(&self, fault: Fault) {
+        let remaining = match fault {
+            Fault::CutAfterClientBytes(n) | Fault::CutAfterServerBytes(n) | Fault::StallAfterClientBytes(n) => n,
+            _ => 0,
+        };
+        *self.shared.armed.lock().expect("proxy lock") = Some(Armed { fault, remaining, tail: Vec::new() });
     }
 
-    /// Disarms a cut that has not fired.
+    /// Disarms a fault that has not fired.
     pub fn disarm(&self) {
         self.shared.armed.lock().expect("proxy lock").take();
     }
 
     /// How many bytes clients have sent through the proxy so far: a test can show that an
-    /// operation sent nothing to the server.
+    /// operation sent nothing to the server, or measure a request.
     pub fn client_bytes(&self) -> u64 {
         self.shared.client_bytes.load(Ordering::SeqCst)
+    }
+
+    /// How many bytes the server has sent through the proxy so far.
+    pub fn server_bytes(&self) -> u64 {
+        self.shared.server_bytes.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection at once, in both directions: whatever a client sends
     /// from now on on those connections never reaches the server.
     pub fn kill_all(&self) {
-        for kill in self.shared.connections.lock().expect("proxy lock").drain(..) {
-            if let Some(kill) = kill.upgrade() {
-                kill.send_replace(true);
-            }
+        for switches in self.live() {
+            switches.kill.send_replace(true);
         }
     }
 
-    /// How many connections were cut so far.
+    /// Lets stalled connections flow again.
+    pub fn resume_all(&self) {
+        for switches in self.live() {
+            switches.stall.send_replace(false);
+        }
+    }
+
+    /// How many armed faults have fired so far.
     pub fn cuts(&self) -> usize {
-        self.shared.cuts.load(Ordering::SeqCst)
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    fn live(&self) -> Vec<Arc<Switches>> {
+        let mut connections = self.shared.connections.lock().expect("proxy lock");
+        connections.retain(|c| c.strong_count() > 0);
+        connections.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
@@ -168,7 +238,7 @@ impl Drop for Proxy {
     }
 }
 
-/// How long the client's bytes keep flowing to the server after an `AfterClientSends` cut,
+/// How long the client's bytes keep flowing to the server after a `CutAfterClientSends`,
 /// so that a request split over several reads arrives whole.
 const GRACE: Duration = Duration::from_millis(200);
 
@@ -177,93 +247,120 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    // `kill` closes the connection; `mute` stops the server's answers from reaching the client.
-    // `send_replace` below: the value must stick even before a direction subscribes.
-    let kill = Arc::new(watch::Sender::new(false));
-    shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&kill));
-    let mute = watch::Sender::new(false);
-    let muted = mute.subscribe();
-    let direction = |read, write, muted| Direction {
+    // `send_replace` everywhere: a switch must stick even before a direction subscribes.
+    let switches = Arc::new(Switches {
+        kill: watch::Sender::new(false),
+        stall: watch::Sender::new(false),
+        mute: watch::Sender::new(false),
+    });
+    shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&switches));
+    let direction = |side, read, write| Direction {
+        side,
         read,
         write,
-        delay: shared.delay,
-        precise: shared.precise,
-        kill: Arc::clone(&kill),
-        muted,
+        shared: Arc::clone(&shared),
+        switches: Arc::clone(&switches),
     };
-    let upstream = direction(client_read, server_write, None);
-    let downstream = direction(server_read, client_write, Some(muted));
-    let inspect = Inspector { shared: Arc::clone(&shared), tail: Vec::new(), kill, mute };
-    tokio::join!(upstream.run(Some(inspect)), downstream.run(None));
+    tokio::join!(
+        direction(Side::Client, client_read, server_write).run(),
+        direction(Side::Server, server_read, client_write).run()
+    );
 }
 
-struct Inspector {
-    shared: Arc<Shared>,
-    tail: Vec<u8>,
-    kill: Arc<watch::Sender<bool>>,
-    mute: watch::Sender<bool>,
-}
-
+/// What to do with a chunk.
 enum Verdict {
-    Forward,
-    /// Forward the first `n` bytes of the chunk, then close.
-    ForwardPrefixThenClose(usize),
+    Forward(Vec<u8>),
+    /// Forward these bytes, then close the connection.
+    ForwardThenClose(Vec<u8>),
+    /// Forward these bytes, then stall the connection.
+    ForwardThenStall(Vec<u8>),
 }
 
-impl Inspector {
-    fn inspect(&mut self, chunk: &[u8]) -> Verdict {
-        let mut armed = self.shared.armed.lock().expect("proxy lock");
-        let Some(cut) = armed.as_ref() else {
-            self.tail.clear();
-            return Verdict::Forward;
+impl Shared {
+    /// Applies the armed fault, if it concerns this side, to a chunk.
+    fn inspect(&self, side: Side, chunk: &[u8], switches: &Switches) -> Verdict {
+        let mut armed = self.armed.lock().expect("proxy lock");
+        let Some(state) = armed.as_mut().filter(|a| a.fault.applies_to(side)) else {
+            return Verdict::Forward(chunk.to_vec());
         };
-        let pattern = cut.pattern();
-        let mut window = std::mem::take(&mut self.tail);
-        let tail_len = window.len();
-        window.extend_from_slice(chunk);
-        let found = window.windows(pattern.len()).position(|w| w == pattern);
-        let keep = pattern.len().saturating_sub(1).min(window.len());
-        self.tail = window[window.len() - keep..].to_vec();
-        let Some(start) = found else { return Verdict::Forward };
-        let cut = armed.take().expect("checked above");
-        self.shared.cuts.fetch_add(1, Ordering::SeqCst);
-        match cut {
-            Cut::AfterClientSends { .. } => {
-                self.mute.send_replace(true);
-                let kill = Arc::clone(&self.kill);
-                tokio::spawn(async move {
-                    tokio::time::sleep(GRACE).await;
-                    kill.send_replace(true);
-                });
-                Verdict::Forward
+        let fire = |armed: &mut Option<Armed>| {
+            armed.take();
+            self.fired.fetch_add(1, Ordering::SeqCst);
+        };
+        match &state.fault {
+            Fault::CutAfterClientBytes(_) | Fault::CutAfterServerBytes(_) | Fault::StallAfterClientBytes(_) => {
+                if (chunk.len() as u64) < state.remaining {
+                    state.remaining -= chunk.len() as u64;
+                    return Verdict::Forward(chunk.to_vec());
+                }
+                let prefix = chunk[..state.remaining as usize].to_vec();
+                let stall = matches!(state.fault, Fault::StallAfterClientBytes(_));
+                fire(&mut armed);
+                if stall { Verdict::ForwardThenStall(prefix) } else { Verdict::ForwardThenClose(prefix) }
             }
-            Cut::BeforeClientSends { .. } => Verdict::ForwardPrefixThenClose(start.saturating_sub(tail_len)),
+            Fault::CutAfterClientSends { pattern }
+            | Fault::CutBeforeClientSends { pattern }
+            | Fault::RewriteServer { from: pattern, .. } => {
+                let mut window = std::mem::take(&mut state.tail);
+                let tail_len = window.len();
+                window.extend_from_slice(chunk);
+                let found = window.windows(pattern.len()).position(|w| w == pattern);
+                let keep = pattern.len().saturating_sub(1).min(window.len());
+                state.tail = window[window.len() - keep..].to_vec();
+                let Some(start) = found else { return Verdict::Forward(chunk.to_vec()) };
+                let fault = state.fault.clone();
+                fire(&mut armed);
+                match fault {
+                    Fault::CutAfterClientSends { .. } => {
+                        switches.mute.send_replace(true);
+                        let kill = switches.kill.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(GRACE).await;
+                            kill.send_replace(true);
+                        });
+                        Verdict::Forward(chunk.to_vec())
+                    }
+                    Fault::RewriteServer { from, to } if start >= tail_len => {
+                        let at = start - tail_len;
+                        let mut out = chunk[..at].to_vec();
+                        out.extend_from_slice(&to);
+                        out.extend_from_slice(&chunk[at + from.len()..]);
+                        Verdict::Forward(out)
+                    }
+                    // A pattern split across chunks cannot be rewritten any more: say so
+                    // by closing, rather than pass the original on.
+                    Fault::RewriteServer { .. } => Verdict::ForwardThenClose(Vec::new()),
+                    _ => Verdict::ForwardThenClose(chunk[..start.saturating_sub(tail_len)].to_vec()),
+                }
+            }
         }
     }
 }
 
 struct Direction {
+    side: Side,
     read: OwnedReadHalf,
     write: OwnedWriteHalf,
-    delay: Duration,
-    precise: bool,
-    /// Closes both directions of the connection.
-    kill: Arc<watch::Sender<bool>>,
-    muted: Option<watch::Receiver<bool>>,
+    shared: Arc<Shared>,
+    switches: Arc<Switches>,
 }
 
 impl Direction {
     /// Reads chunks and hands them to a writer that sends each one `delay` after it was
     /// read, so latency is added without limiting throughput.
-    async fn run(self, mut inspector: Option<Inspector>) {
-        let Direction { mut read, mut write, delay, precise, kill, muted } = self;
-        let mut killed = kill.subscribe();
-        let mut writer_killed = kill.subscribe();
+    async fn run(self) {
+        let Direction { side, mut read, mut write, shared, switches } = self;
+        let (delay, precise) = (shared.delay, shared.precise);
+        let mut killed = switches.kill.subscribe();
+        let mut writer_killed = switches.kill.subscribe();
+        let mut stalled = switches.stall.subscribe();
+        let muted = switches.mute.subscribe();
+        let kill = switches.kill.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>, bool)>();
         let writer = async move {
             loop {
                 tokio::select! {
-                    () = until_killed(&mut writer_killed) => break,
+                    () = until(&mut writer_killed, true) => break,
                     next = rx.recv() => {
                         let Some((due, bytes, close)) = next else { break };
                         wait_until(due, precise).await;
@@ -283,27 +380,33 @@ impl Direction {
         let reader = async move {
             let mut buffer = vec![0u8; 64 * 1024];
             loop {
+                // A stalled connection reads nothing: its bytes wait in the kernel's buffers.
+                tokio::select! {
+                    () = until(&mut killed, true) => break,
+                    () = until(&mut stalled, false) => {}
+                }
                 let n = tokio::select! {
-                    () = until_killed(&mut killed) => break,
+                    () = until(&mut killed, true) => break,
                     read = read.read(&mut buffer) => match read {
                         Ok(0) | Err(_) => break,
                         Ok(n) => n,
                     },
                 };
-                let is_muted = muted.as_ref().is_some_and(|m| *m.borrow());
-                if is_muted {
+                if side == Side::Server && *muted.borrow() {
                     continue;
                 }
-                if let Some(inspector) = &inspector {
-                    inspector.shared.client_bytes.fetch_add(n as u64, Ordering::SeqCst);
-                }
-                let verdict = inspector.as_mut().map_or(Verdict::Forward, |i| i.inspect(&buffer[..n]));
-                let (bytes, close) = match verdict {
-                    Verdict::Forward => (buffer[..n].to_vec(), false),
-                    Verdict::ForwardPrefixThenClose(prefix) => (buffer[..prefix].to_vec(), true),
+                let counter = if side == Side::Client { &shared.client_bytes } else { &shared.server_bytes };
+                counter.fetch_add(n as u64, Ordering::SeqCst);
+                let (bytes, close, stall) = match shared.inspect(side, &buffer[..n], &switches) {
+                    Verdict::Forward(bytes) => (bytes, false, false),
+                    Verdict::ForwardThenClose(bytes) => (bytes, true, false),
+                    Verdict::ForwardThenStall(bytes) => (bytes, false, true),
                 };
                 if tx.send((Instant::now() + delay, bytes, close)).is_err() || close {
                     break;
+                }
+                if stall {
+                    switches.stall.send_replace(true);
                 }
             }
         };
@@ -311,9 +414,10 @@ impl Direction {
     }
 }
 
-async fn until_killed(killed: &mut watch::Receiver<bool>) {
+/// Waits until the switch reads `value`.
+async fn until(switch: &mut watch::Receiver<bool>, value: bool) {
     // The guard `wait_for` returns is not `Send`; drop it here, not across an await.
-    let _ = killed.wait_for(|k| *k).await.map(|_| ());
+    let _ = switch.wait_for(|v| *v == value).await.map(|_| ());
 }
 
 /// Waits until `due`. tokio's timer fires on millisecond ticks, rounding every wait up;

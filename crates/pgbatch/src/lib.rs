@@ -1,9 +1,9 @@
 //! Atomic multi-statement PostgreSQL writes from Diesel statements, in one round trip.
 //!
 //! pgbatch renders statements built with Diesel's query builder to SQL and binary binds,
-//! sends `BEGIN`, every statement and `COMMIT` to PostgreSQL as one pipeline over
-//! tokio-postgres, and returns typed results or one typed error that says which statement
-//! failed, why, and what became of the others.
+//! sends `BEGIN`, every statement and `COMMIT` to PostgreSQL as one unit of the extended
+//! query protocol (one write, one `Sync`, one round trip), and returns typed results or one
+//! typed error that says which statement failed, why, and what became of the others.
 //!
 //! ```no_run
 //! use diesel::prelude::*;
@@ -13,7 +13,8 @@
 //! diesel::table! { provisioning (project_id) { project_id -> Int8, cpus -> Int8 } }
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let manager = pgbatch::ConnectionManager::new("postgres://postgres@127.0.0.1/app".parse()?);
+//! let config: pgbatch::Config = "postgres://postgres@127.0.0.1/app".parse()?;
+//! let manager = pgbatch::ConnectionManager::new(config);
 //! let pool = bb8::Pool::builder().max_size(8).build(manager).await?;
 //!
 //! let mut batch = Batch::new();
@@ -43,7 +44,9 @@
 //!
 //! # Guarantees
 //!
-//! 1. **Atomic.** All statements of a batch commit together, or none does.
+//! 1. **Atomic.** All statements of a batch commit together, or none does: whatever step
+//!    fails (a statement, a guard, `BEGIN` or `COMMIT` hit by a cancel request or a
+//!    timeout), the server skips every later step.
 //! 2. **One round trip.** A batch of N statements costs one network round trip, on success
 //!    and on failure. The only exception: the first time a connection meets a custom type
 //!    used in a bind, its OID is looked up once, before anything of the batch is sent.
@@ -53,13 +56,14 @@
 //! 4. **Attribution.** A failed batch names the first failing statement (index and label),
 //!    its cause as a typed [`Cause`], and the [`StatementOutcome`] of every other statement.
 //! 5. **Commit errors are theirs.** An error raised at `COMMIT` (a deferred constraint) is
-//!    [`Error::Commit`], not a statement's.
+//!    [`Error::Commit`], not a statement's; one raised at `BEGIN` is [`Error::Begin`].
 //! 6. **Unknown is unknown.** When the connection is lost after `COMMIT` may have reached
-//!    the server, the result is [`Error::OutcomeUnknown`], never success or failure.
+//!    the server, or the server says it cannot tell (`40003`), the result is
+//!    [`Error::OutcomeUnknown`], never success or failure.
 //! 7. **Cancellation and panics.** A batch future dropped before its first poll sends
-//!    nothing. Once it sends, it sends the whole pipeline in one synchronous step, so the
-//!    server runs all of it and ends the transaction; no connection goes back to a pool
-//!    inside an open transaction.
+//!    nothing. Once polled, it writes the whole unit; what was written runs on the server
+//!    all or nothing, and no connection goes back to a pool inside a transaction or with
+//!    answers still due.
 //! 8. **Retry.** On a serialization failure or deadlock the batch is replayed as it was, a
 //!    bounded number of times with jittered backoff, and reports how many attempts it made.
 //! 9. **Guards.** Conditions such as "this UPDATE touched exactly one row" or "this row
@@ -70,22 +74,26 @@
 //!
 //! # Pipelining
 //!
-//! tokio-postgres queues a request when its future is first polled and sends queued
-//! requests back to back. pgbatch creates one unnamed-statement request per step (Parse,
-//! Bind, Describe, Execute, Sync, with the types Diesel encoded for) and polls them all
-//! once, in order, within a single poll; the server answers them in order:
+//! A batch is one unit of the extended query protocol: `BEGIN`, each statement (an
+//! unnamed statement with the type OIDs Diesel encoded its binds for, binary results) and
+//! `COMMIT`, then one `Sync`, then a `ROLLBACK` of its own, all in one write. The server
+//! answers in order, and the answers are read while the pipeline is still being written,
+//! so no size of batch can stall on full socket buffers:
 //!
 //! ```text
-//! client                                         server
-//!   |-- BEGIN, s1, s2, ..., sN, COMMIT ------------>|   one write
-//!   |                                               |   runs them in order
-//!   |<-------- ok, rows1, rows2, ..., rowsN, ok ----|   one read
+//! client                                              server
+//!   |-- BEGIN, s1, s2, ..., sN, COMMIT, Sync ----------->|   one write
+//!   |-- ROLLBACK ---------------------------------------->|   (ends any aborted block)
+//!   |<-- ok, rows1, rows2, ..., rowsN, COMMIT, ready(I) --|   one read
+//!   |<-- warning: no transaction, ready(I) ---------------|
 //! ```
 //!
-//! Every request ends with its own Sync. When statement k fails inside the transaction,
-//! later ones fail with `25P02` and `COMMIT` is answered with `ROLLBACK`, which
-//! tokio-postgres reports as success; pgbatch derives the outcome from every statement's
-//! answer instead, reports statement k, and marks the later ones [skipped](StatementOutcome::Skipped).
+//! When step k fails, the server skips every later step up to the `Sync`: the statements
+//! after it are [skipped](StatementOutcome::Skipped), `COMMIT` never runs, and the
+//! closing `ROLLBACK` ends the aborted block. The verdict comes from the answers: the first
+//! error names its step, and only `COMMIT`'s own answer means committed.
+//! `docs/protocol.md` in the repository draws the exchange and lists what each fault
+//! leaves.
 //!
 //! # Guards
 //!
@@ -117,11 +125,11 @@
 //!
 //! ```text
 //! client                                         server
-//!   |-- BEGIN, s1, ..., sN ------------------------>|   round trip 1
-//!   |<-------- ok, rows1, ..., rowsN ---------------|
+//!   |-- BEGIN, s1, ..., sN, Sync ------------------>|   round trip 1
+//!   |<-------- ok, rows1, ..., rowsN, ready(T) -----|
 //!   |   (inspect the rows in Rust)                  |   row locks held
-//!   |-- COMMIT or ROLLBACK ------------------------>|   round trip 2
-//!   |<-------- ok ----------------------------------|
+//!   |-- COMMIT or ROLLBACK, Sync, ROLLBACK -------->|   round trip 2
+//!   |<-------- ok, ready(I) ------------------------|
 //! ```
 //!
 //! # Retries and idempotency
@@ -146,45 +154,47 @@
 //! a subquery (`INSERT ... SELECT id FROM project WHERE name = $1`), `currval()` of a
 //! sequence, a data-modifying CTE, or a guard that aborts the batch.
 //!
-//! Custom types that appear only in result columns (never in a bind) are looked up by
-//! tokio-postgres the first time a connection reads them, after the batch's answers.
+//! Custom types in result columns need no lookup: rows arrive in binary with their type
+//! OIDs and Diesel decodes them from the bytes.
+//!
+//! A batch is a transaction: statements whose effect would outlive it in the session (`SET`
+//! without `LOCAL`, `LISTEN`, `PREPARE`, temporary tables without `ON COMMIT DROP`) are
+//! refused before anything is sent, with the transaction-scoped form to use instead.
 
-mod batch;
-mod bind;
-mod connection;
+mod codec;
 mod error;
-mod fragment;
-pub mod guard;
-mod handle;
 pub mod idempotency;
-mod options;
-mod pipeline;
-mod pool;
-mod results;
-mod retry;
-mod row;
-mod sql_shape;
-mod statement;
+pub mod intent;
+mod outcome;
+mod plan;
+mod run;
 mod two_phase;
+mod wire;
 
-pub use batch::Batch;
-pub use connection::{Connection, Tls};
+/// Guards: what a guard expects and how its failure is reported (see the crate docs'
+/// Guards section for the SQL they generate).
+pub mod guard {
+    pub use crate::error::{Expectation, GuardFailure};
+}
+
+pub use codec::MAX_BINDS;
 pub use error::{
-    BuildError, Cause, CommitFailure, ConnectError, Error, OutcomeUnknown, PoolError, ResultError, StatementFailure,
-    StatementOutcome, StatementRef, Violation,
+    BeginFailure, BuildError, Cause, CommitFailure, ConnectError, Error, OutcomeUnknown, PoolError, ResultError,
+    ServerError, Severity, SqlState, StatementFailure, StatementOutcome, StatementRef, UnknownReason, Violation,
+    WireError,
 };
-pub use fragment::{Fragment, GuardBuilder, StatementBuilder};
-pub use handle::{Affected, All, Handle, One, Optional};
 pub use idempotency::IdempotencyKey;
-pub use options::IsolationLevel;
-pub use pool::{Acquire, ConnectionManager};
-pub use results::Committed;
-pub use retry::RetryPolicy;
-pub use statement::MAX_BINDS;
+pub use outcome::Committed;
+pub use plan::{
+    Affected, All, Fragment, GuardBuilder, Handle, IsolationLevel, Observed, Observer, One, Optional, Results,
+    RetryPolicy, StatementBuilder, StatementEvent,
+};
+pub use run::Batch;
 pub use tokio_postgres;
+pub use two_phase::Prepared;
+pub use wire::{Acquire, CancelToken, Config, Connection, ConnectionManager, SslMode};
 
 /// The README's example compiles.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-pub use two_phase::Prepared;

@@ -1,22 +1,51 @@
 //! Two-phase batches: run the statements, decide in Rust, then commit or roll back.
+//!
+//! An extension on top of [`Batch`]: it runs the batch's unit without its end, keeps the
+//! connection, and ends the transaction in a second round trip.
 
+use std::marker::PhantomData;
 use std::ops::DerefMut;
 
-use crate::Cause;
-use crate::Connection;
-use crate::batch::Batch;
-use crate::error::{CommitFailure, Error, OutcomeUnknown, ResultError};
-use crate::handle::Handle;
-use crate::pipeline::{self, PipelineError};
-use crate::results::Committed;
+use crate::error::{Error, ResultError};
+use crate::outcome::{Committed, EndVerdict};
+use crate::plan::{Handle, Results};
+use crate::run::Batch;
+use crate::wire::{Acquire, Connection, End, Exchange};
+
+impl<E> Batch<E> {
+    /// Runs the statements in a first round trip and leaves the transaction open, so that
+    /// the caller can inspect their results in Rust before deciding: then
+    /// [`Prepared::commit`] or [`Prepared::rollback`] is the second round trip.
+    ///
+    /// Dropping the [`Prepared`] (or this future) without deciding rolls back: `ROLLBACK` is
+    /// queued on the connection at once, and a pool never lends out a connection whose
+    /// transaction may still be open. Two-phase batches are not retried: a serialization
+    /// failure at commit is returned as [`Error::Commit`], and the caller decides again.
+    ///
+    /// # Errors
+    ///
+    /// As for [`run`](Self::run); a failure in the first round trip rolls back before it
+    /// is returned (one more round trip, on that path only).
+    pub async fn prepare<A: Acquire>(&self, target: A) -> Result<Prepared<A::Lease, E>, Error<E>> {
+        let statements = self.wire_statements()?;
+        let mut lease = target.acquire().await.map_err(Error::Pool)?;
+        let begin = self.begin_sql();
+        let reset_session = statements.iter().any(|s| s.sql.touches_session);
+        let exchange = Exchange::new(Some(&begin), &statements, End::Open);
+        let verdict = self.verdict(End::Open, 1);
+        let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
+        let results = verdict.judge(answers)?;
+        let ending = self.verdict(End::Open, 1).end_verdict();
+        Ok(Prepared { lease, results: Some(results), open: true, reset_session, ending, domain: PhantomData })
+    }
+}
 
 /// A batch whose statements ran in an open transaction, waiting for the caller's decision.
 ///
 /// Made by [`Batch::prepare`]. Read the statements' results with [`get`](Self::get), then
 /// [`commit`](Self::commit) or [`rollback`](Self::rollback): one round trip each. Dropping
-/// it undecided queues `ROLLBACK` on its connection immediately, so the connection never
-/// goes back to a pool inside the transaction. While it lives it holds the connection and
-/// the transaction's locks: decide quickly.
+/// it undecided queues `ROLLBACK` on its connection immediately. While it lives it holds
+/// the connection and the transaction's locks: decide quickly.
 ///
 /// ```no_run
 /// # use diesel::prelude::*;
@@ -33,49 +62,37 @@ use crate::results::Committed;
 /// }
 /// # Ok(()) }
 /// ```
-pub struct Prepared<'b, L, E>
+pub struct Prepared<L, E>
 where
     L: DerefMut<Target = Connection>,
 {
-    batch: &'b Batch<E>,
     lease: L,
-    results: Option<Committed>,
+    /// Taken by a successful commit.
+    results: Option<Results>,
     /// Whether the transaction may still be open on the connection.
     open: bool,
+    /// Whether a statement may have changed the session, which is then reset at the end.
+    reset_session: bool,
+    ending: EndVerdict,
+    domain: PhantomData<fn() -> E>,
 }
 
-impl<'b, L, E> Prepared<'b, L, E>
+impl<L, E> Prepared<L, E>
 where
     L: DerefMut<Target = Connection>,
 {
-    pub(crate) fn new(batch: &'b Batch<E>, lease: L) -> Self {
-        Prepared { batch, lease, results: None, open: true }
-    }
-
-    pub(crate) fn connection(&mut self) -> &mut Connection {
-        &mut self.lease
-    }
-
-    pub(crate) fn opened(&mut self, results: Committed) {
-        self.results = Some(results);
-    }
-
-    /// Queues `ROLLBACK` now; a connection that refuses it is closed, so the server rolls
-    /// back by itself, and it is marked unusable in any case.
-    pub(crate) fn abandon(&mut self) {
-        if self.open && !pipeline::queue_rollback(&self.lease) {
-            self.lease.poison();
-        }
-        self.open = false;
-    }
-
     /// Reads a statement's result, before the transaction is decided.
     ///
     /// # Errors
     ///
-    /// As for [`Committed::get`].
+    /// As for [`Results::get`].
     pub fn get<H: Handle>(&self, handle: &H) -> Result<H::Output, ResultError> {
-        self.results.as_ref().expect("a Prepared exists only after its first round trip").get(handle)
+        self.results().get(handle)
+    }
+
+    /// The statements' results, not committed yet.
+    pub fn results(&self) -> &Results {
+        self.results.as_ref().expect("results stay until commit takes them")
     }
 
     /// Commits: the second round trip.
@@ -84,53 +101,46 @@ where
     ///
     /// [`Error::Commit`] when `COMMIT` fails (a deferred constraint, a serialization
     /// failure), [`Error::OutcomeUnknown`] when the connection is lost while `COMMIT` may
-    /// have reached the server, [`Error::ConnectionClosed`] when it was closed before.
+    /// have reached the server, [`Error::ConnectionClosed`] or [`Error::Connection`] when
+    /// it failed before.
     pub async fn commit(mut self) -> Result<Committed, Error<E>> {
-        let statement_count = self.batch.len();
-        let result = pipeline::commit(&self.lease).await;
-        // COMMIT was sent or refused: either way there is nothing left to roll back.
-        self.open = false;
-        match result {
-            Ok(()) => Ok(self.results.take().expect("results of the first round trip")),
-            Err(PipelineError::Commit(error)) => Err(Error::Commit(Box::new(CommitFailure {
-                statement_count,
-                cause: Cause::from_db_error(&error),
-                attempts: 1,
-            }))),
-            Err(PipelineError::Unknown(source)) => Err(Error::OutcomeUnknown(Box::new(OutcomeUnknown {
-                source,
-                idempotency_key: self.batch.idempotency().map(|k| k.key().to_owned()),
-                attempts: 1,
-            }))),
-            Err(_) => Err(Error::ConnectionClosed),
-        }
+        self.end(End::Commit).await?;
+        Ok(Committed::new(self.results.take().expect("results of the first round trip"), 1))
     }
 
     /// Rolls back: the second round trip.
     ///
     /// # Errors
     ///
-    /// [`Error::Connection`] when the connection fails; the server then rolls back by
-    /// itself, so nothing is committed either way.
+    /// [`Error::Connection`] or [`Error::ConnectionClosed`] when the connection fails; the
+    /// server then rolls back by itself, so nothing is committed either way.
     pub async fn rollback(mut self) -> Result<(), Error<E>> {
+        self.end(End::Rollback).await
+    }
+
+    async fn end(&mut self, end: End) -> Result<(), Error<E>> {
+        let exchange = Exchange::new(None, &[], end).reset_session(self.reset_session);
+        // Sent or refused: either way there is nothing left to roll back from Drop.
         self.open = false;
-        pipeline::rollback(&self.lease).await.map_err(Error::Connection)
+        let answers =
+            self.lease.exchange(&exchange).await.map_err(|reason| crate::outcome::not_sent(reason, |_| None))?;
+        self.ending.judge(end, answers.ending)
     }
 }
 
-impl<L, E> Drop for Prepared<'_, L, E>
+impl<L, E> Drop for Prepared<L, E>
 where
     L: DerefMut<Target = Connection>,
 {
     fn drop(&mut self) {
         if self.open {
             tracing::debug!("two-phase batch dropped undecided: rolling back");
-            self.abandon();
+            self.lease.queue_rollback();
         }
     }
 }
 
-impl<L, E> std::fmt::Debug for Prepared<'_, L, E>
+impl<L, E> std::fmt::Debug for Prepared<L, E>
 where
     L: DerefMut<Target = Connection>,
 {

@@ -23,7 +23,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use pgbatch_bench::contenders::{BoxError, Clients, Contender, diesel_transaction, plain};
 use pgbatch_bench::report::{Cpu, HotRow, Latency, Report};
 use pgbatch_bench::workload::{EXTRA_SCHEMA, NoCustomTypes, Workload, hot_row};
-use pgbatch_bench::{Setup, quantile};
+use pgbatch_bench::{Setup, quantile, thread_cpu};
 use pgbatch_scenarios::schema::project;
 use pgbatch_scenarios::seed::{Quotas, seed};
 use uuid::Uuid;
@@ -64,7 +64,7 @@ impl Plan {
 
 async fn compare(plan: Plan) -> Result<Report, BoxError> {
     let setup = Setup::new(&format!("{}{EXTRA_SCHEMA}", pgbatch_scenarios::SCHEMA_SQL)).await?;
-    let mut admin = pgbatch::Connection::connect_with(setup.db.config(), tokio_postgres::NoTls).await?;
+    let mut admin = pgbatch::Connection::connect_with(setup.db.config()).await?;
     let silo =
         seed(&mut admin, "bench", Quotas { cpus: i64::MAX / 4, ram: i64::MAX / 4, storage: i64::MAX / 4 }).await?.silo;
 
@@ -293,14 +293,6 @@ fn client_cpu_label(contender: Contender) -> &'static str {
         Contender::TokioPostgres => "W3 client total: tokio-postgres interactive",
         Contender::Pipeline => "W3 client total: hand-written pipeline",
     }
-}
-
-/// CPU time of the calling thread (Linux).
-fn thread_cpu() -> Result<Duration, String> {
-    let stat =
-        std::fs::read_to_string("/proc/thread-self/schedstat").map_err(|e| format!("per-thread CPU time: {e}"))?;
-    let nanos: u64 = stat.split_whitespace().next().and_then(|n| n.parse().ok()).ok_or("unreadable schedstat")?;
-    Ok(Duration::from_nanos(nanos))
 }
 
 async fn environment(admin: &mut pgbatch::Connection, mode: &str) -> Result<Vec<String>, BoxError> {

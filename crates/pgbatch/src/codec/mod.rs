@@ -1,0 +1,16 @@
+//! Between Diesel and PostgreSQL's binary format: statements rendered into SQL and encoded
+//! binds (with the checks that must pass before anything is sent), and rows decoded back
+//! into Diesel values.
+
+mod binds;
+#[cfg(test)]
+pub(crate) mod constructs;
+mod row;
+mod scan;
+mod sql_shape;
+mod statement;
+
+pub(crate) use row::{Column, DieselRow, Row, StepOutput};
+pub(crate) use sql_shape::{SqlShape, shape, without_terminator};
+pub use statement::MAX_BINDS;
+pub(crate) use statement::{Statement, TypeName};

@@ -1,0 +1,213 @@
+//! The error types of the crate: what went wrong, where, and what became of every
+//! statement. This module imports nothing else from the crate, so every layer can use it.
+
+mod build;
+mod cause;
+mod connect;
+mod guard;
+mod result;
+mod server;
+mod statement;
+mod summary;
+mod unknown;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+pub use build::BuildError;
+pub use cause::{Cause, Violation};
+pub use connect::{ConnectError, PoolError, WireError};
+pub use guard::{Expectation, GuardFailure};
+pub use result::ResultError;
+pub use server::{ServerError, Severity, SqlState};
+pub use statement::{BeginFailure, CommitFailure, StatementFailure, StatementOutcome, StatementRef};
+pub(crate) use summary::LogSummary;
+pub use unknown::{AlreadyCommitted, OutcomeUnknown, UnknownReason};
+
+/// The error of running a batch.
+///
+/// Every variant says whether anything may have been committed:
+///
+/// | variant | committed? |
+/// |---|---|
+/// | [`Invalid`](Error::Invalid), [`ConnectionClosed`](Error::ConnectionClosed), [`Pool`](Error::Pool) | no, nothing was sent |
+/// | [`Begin`](Error::Begin), [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`IdempotencyMarker`](Error::IdempotencyMarker), [`Connection`](Error::Connection) | no, the transaction was rolled back |
+/// | [`AlreadyCommitted`](Error::AlreadyCommitted) | not now: an earlier run with the same key did |
+/// | [`OutcomeUnknown`](Error::OutcomeUnknown) | unknown: it may have committed |
+///
+/// `E` is the domain error that fragments map their failures to (see
+/// [`Fragment`](crate::Fragment)); a batch built without fragment mappings uses
+/// [`Infallible`] and never returns [`Error::Domain`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<E = Infallible> {
+    /// A statement could not be rendered or encoded, or is not allowed in a batch. Raised
+    /// before anything is sent: the database was not touched.
+    ///
+    /// This is a bug in the calling code (or a value that cannot be encoded); retrying the
+    /// same batch fails the same way. The source says which rule was broken.
+    #[error("batch not sent: {}: {source}", summary::StatementOrBatch(statement.as_ref()))]
+    Invalid {
+        /// The offending statement, when the problem belongs to one.
+        statement: Option<StatementRef>,
+        /// What is wrong with it.
+        source: Arc<BuildError>,
+    },
+
+    /// `BEGIN` failed, so no statement ran: a cancel request or `statement_timeout` landed
+    /// on it, or the server cannot start the transaction the batch asked for (a hot
+    /// standby and a read-write batch). Nothing was written; running the batch again is
+    /// safe.
+    #[error(transparent)]
+    Begin(Box<BeginFailure>),
+
+    /// A statement failed on the server (or its guard failed), so the whole transaction was
+    /// rolled back: nothing of the batch is in the database.
+    ///
+    /// Inspect [`StatementFailure::cause`] to decide: a unique violation usually means
+    /// "already exists" to the caller, a serialization failure or deadlock can be retried
+    /// (pgbatch retries those itself when a [`RetryPolicy`](crate::RetryPolicy) allows).
+    #[error(transparent)]
+    Statement(Box<StatementFailure>),
+
+    /// A statement that belongs to a fragment failed, and the fragment mapped the failure to
+    /// its domain error. The transaction was rolled back, exactly as for
+    /// [`Error::Statement`]; `failure` keeps the statement-level detail.
+    #[error("{error} ({failure})")]
+    Domain {
+        /// The fragment's domain error.
+        error: E,
+        /// The statement-level failure the domain error was derived from.
+        failure: Box<StatementFailure>,
+    },
+
+    /// Every statement succeeded but `COMMIT` failed (a deferred constraint, a
+    /// serialization failure detected at commit, a cancel landing on it). The transaction
+    /// was rolled back.
+    #[error(transparent)]
+    Commit(Box<CommitFailure>),
+
+    /// The batch may or may not have committed: the connection was lost after `COMMIT`
+    /// was sent, or the server said it cannot tell (CockroachDB's `40003`).
+    ///
+    /// Never treat this as success or failure. Resolve it: with an idempotency key, call
+    /// [`resolve`](crate::idempotency::resolve) (a batch run on a pool does this by
+    /// itself, see [`Batch::idempotency_key`](crate::Batch::idempotency_key)); otherwise
+    /// read back the rows the batch writes. See `docs/unknown-outcomes.md`.
+    #[error(transparent)]
+    OutcomeUnknown(Box<OutcomeUnknown>),
+
+    /// The connection failed before the batch's `COMMIT` could have reached the server:
+    /// nothing was committed. Run the batch again; a pool discards the failed connection.
+    #[error("batch not committed: {0}")]
+    Connection(#[source] WireError),
+
+    /// The batch's idempotency key had already committed: this run applied nothing.
+    /// Treat it as the earlier run's success (see [`idempotency`](crate::idempotency)).
+    #[error(transparent)]
+    AlreadyCommitted(AlreadyCommitted),
+
+    /// The idempotency marker could not be written, so nothing was committed. Usually the
+    /// marker table is missing: create it with
+    /// [`idempotency::install`](crate::idempotency::install).
+    #[error("batch rolled back: its idempotency marker could not be written: {cause}")]
+    IdempotencyMarker {
+        /// The server's reason.
+        cause: Cause,
+        /// How many times the batch was run.
+        attempts: u32,
+    },
+
+    /// The connection was already closed, or left unusable by an interrupted batch, when
+    /// this batch started: nothing was sent. Run the batch again; a pool discards such
+    /// connections by itself.
+    #[error("batch not sent: the connection is closed")]
+    ConnectionClosed,
+
+    /// No connection could be had from the pool. Nothing was sent.
+    #[error("batch not sent: {0}")]
+    Pool(#[source] PoolError),
+}
+
+impl<E> Error<E> {
+    /// A statement that could not be made ready to send.
+    pub(crate) fn invalid(statement: Option<StatementRef>, source: impl Into<Arc<BuildError>>) -> Self {
+        Error::Invalid { statement, source: source.into() }
+    }
+
+    /// Whether the batch may have committed. Only [`Error::OutcomeUnknown`] says yes; every
+    /// other error guarantees that nothing of this run was committed.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown(_))
+    }
+
+    /// The failed statement, for [`Error::Statement`] and [`Error::Domain`].
+    pub fn statement_failure(&self) -> Option<&StatementFailure> {
+        match self {
+            Error::Statement(failure) | Error::Domain { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+
+    /// The server-side cause of a failure at `BEGIN`, a statement or `COMMIT`.
+    pub fn cause(&self) -> Option<&Cause> {
+        match self {
+            Error::Statement(failure) | Error::Domain { failure, .. } => Some(failure.cause()),
+            Error::Begin(failure) => Some(failure.cause()),
+            Error::Commit(failure) => Some(failure.cause()),
+            Error::IdempotencyMarker { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// The domain error, for [`Error::Domain`].
+    pub fn domain(&self) -> Option<&E> {
+        match self {
+            Error::Domain { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// The number of attempts made: more than one when the batch was retried.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            Error::Statement(failure) | Error::Domain { failure, .. } => failure.attempts(),
+            Error::Begin(failure) => failure.attempts(),
+            Error::Commit(failure) => failure.attempts(),
+            Error::OutcomeUnknown(unknown) => unknown.attempts(),
+            Error::IdempotencyMarker { attempts, .. } => *attempts,
+            _ => 1,
+        }
+    }
+
+    /// Whether replaying the batch could succeed: a serialization failure or deadlock, at
+    /// a statement or at commit.
+    pub fn is_transient(&self) -> bool {
+        self.cause().is_some_and(Cause::is_transient)
+    }
+
+    /// The error for logs: no server messages, no values.
+    pub(crate) fn log_summary(&self) -> LogSummary<'_, E> {
+        LogSummary(self)
+    }
+}
+
+impl Error<Infallible> {
+    /// Converts into an error with any domain type: an `Error<Infallible>` never holds a
+    /// domain error.
+    pub fn with_domain<E>(self) -> Error<E> {
+        match self {
+            Error::Invalid { statement, source } => Error::Invalid { statement, source },
+            Error::Begin(failure) => Error::Begin(failure),
+            Error::Statement(failure) => Error::Statement(failure),
+            Error::Domain { error, .. } => match error {},
+            Error::Commit(failure) => Error::Commit(failure),
+            Error::OutcomeUnknown(unknown) => Error::OutcomeUnknown(unknown),
+            Error::Connection(source) => Error::Connection(source),
+            Error::ConnectionClosed => Error::ConnectionClosed,
+            Error::AlreadyCommitted(already) => Error::AlreadyCommitted(already),
+            Error::IdempotencyMarker { cause, attempts } => Error::IdempotencyMarker { cause, attempts },
+            Error::Pool(source) => Error::Pool(source),
+        }
+    }
+}

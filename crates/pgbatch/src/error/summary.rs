@@ -1,0 +1,85 @@
+//! One-line descriptions of errors for logs: which statement, which kind of failure, the
+//! SQLSTATE and the constraint — never the server's message or detail, nor an encoder's
+//! message, which can quote bind values.
+
+use std::fmt;
+
+use super::build::BuildError;
+use super::cause::CauseSummary;
+use super::connect::WireError;
+use super::statement::StatementRef;
+use super::unknown::UnknownReason;
+use super::{Error, StatementFailure};
+
+/// An error as logs may show it.
+pub(crate) struct LogSummary<'a, E>(pub(crate) &'a Error<E>);
+
+impl<E> fmt::Display for LogSummary<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let failed = |f: &mut fmt::Formatter<'_>, failure: &StatementFailure| {
+            write!(
+                f,
+                "{} of {} failed: {}",
+                failure.statement(),
+                failure.statement_count(),
+                CauseSummary(failure.cause())
+            )
+        };
+        match self.0 {
+            Error::Invalid { statement, source } => {
+                write!(f, "not sent: {}: ", StatementOrBatch(statement.as_ref()))?;
+                match &**source {
+                    BuildError::Render { .. } => f.write_str("Diesel could not render the SQL"),
+                    BuildError::Encode { bind, .. } => write!(f, "bind {bind} could not be encoded"),
+                    other => other.fmt(f),
+                }
+            }
+            Error::Begin(failure) => write!(f, "BEGIN failed: {}", CauseSummary(failure.cause())),
+            Error::Statement(failure) => failed(f, failure),
+            Error::Domain { failure, .. } => {
+                failed(f, failure)?;
+                f.write_str(" (a domain error)")
+            }
+            Error::Commit(failure) => write!(f, "commit failed: {}", CauseSummary(failure.cause())),
+            Error::OutcomeUnknown(unknown) => match unknown.reason() {
+                UnknownReason::ConnectionLost(source) => {
+                    write!(f, "outcome unknown: connection lost after COMMIT was sent ({})", WireSummary(source))
+                }
+                UnknownReason::Ambiguous(error) => {
+                    write!(f, "outcome unknown: COMMIT answered {}", error.code().code())
+                }
+            },
+            Error::Connection(source) => write!(f, "not committed: {}", WireSummary(source)),
+            Error::ConnectionClosed => f.write_str("not sent: connection closed"),
+            Error::Pool(source) => source.fmt(f),
+            Error::AlreadyCommitted(already) => already.fmt(f),
+            Error::IdempotencyMarker { cause, .. } => write!(f, "idempotency marker failed: {}", CauseSummary(cause)),
+        }
+    }
+}
+
+/// A connection failure without the server's message.
+struct WireSummary<'a>(&'a WireError);
+
+impl fmt::Display for WireSummary<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            WireError::Io(error) => write!(f, "I/O error: {}", error.kind()),
+            WireError::Closed => f.write_str("closed by the server"),
+            WireError::Session(error) => write!(f, "session ended: {}", error.code().code()),
+            WireError::Protocol(_) => f.write_str("protocol violation"),
+        }
+    }
+}
+
+/// A statement, or "batch" when an error belongs to no single statement.
+pub(crate) struct StatementOrBatch<'a>(pub(crate) Option<&'a StatementRef>);
+
+impl fmt::Display for StatementOrBatch<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(statement) => statement.fmt(f),
+            None => f.write_str("batch"),
+        }
+    }
+}

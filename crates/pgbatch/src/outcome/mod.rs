@@ -1,0 +1,9 @@
+//! Turning a batch's raw answers into its verdict: the statements' results when it
+//! committed, or an error that names the failing step, its typed cause, and what became
+//! of every other statement.
+
+mod classify;
+mod committed;
+
+pub(crate) use classify::{EndVerdict, Verdict, not_sent};
+pub use committed::Committed;

@@ -1,0 +1,9 @@
+//! Batches: a plan of statements with its options, run as one exchange per attempt and
+//! replayed as the retry policy allows.
+
+mod batch;
+mod execute;
+mod settle;
+
+pub use batch::Batch;
+pub(crate) use settle::read_marker;

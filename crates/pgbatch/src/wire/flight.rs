@@ -1,0 +1,159 @@
+//! Units in flight: writing what is queued while reading the answers, unit by unit, until
+//! every unit due has answered or the connection fails.
+//!
+//! A unit is the requests up to and including one `Sync` (or one simple `Query`); the
+//! server answers each with one `ReadyForQuery`. Some units' answers are collected (a
+//! batch, a type lookup); others only have to be read (a `ROLLBACK` that makes sure the
+//! connection ends outside any transaction, a session reset).
+
+use std::collections::VecDeque;
+use std::task::Poll;
+
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+
+use super::collect::{Answers, Collector};
+use super::connection::{Connection, TxStatus, server_error};
+use crate::error::{ServerError, WireError};
+
+/// One unit due.
+pub(crate) enum Unit {
+    /// Its answers are collected.
+    Collect(Collector),
+    /// Its answers are read and dropped; an error in it is kept.
+    Discard,
+}
+
+/// The units of one exchange, in the order they were queued.
+pub(crate) struct Flight {
+    units: VecDeque<Unit>,
+    answers: Vec<Answers>,
+    /// The first error of a discarded unit.
+    pub(crate) discarded_error: Option<Box<ServerError>>,
+    /// Where the end step (`COMMIT`) of the first collected unit ends in the byte stream.
+    end_offset: Option<u64>,
+    /// When the first collected unit leaves a transaction open and fails, roll it back at
+    /// once (a two-phase batch's first round trip).
+    roll_back_open_failure: bool,
+}
+
+impl Flight {
+    pub(crate) fn new() -> Self {
+        Flight {
+            units: VecDeque::new(),
+            answers: Vec::new(),
+            discarded_error: None,
+            end_offset: None,
+            roll_back_open_failure: false,
+        }
+    }
+
+    /// Adds a unit just queued on `connection`.
+    pub(crate) fn push(&mut self, connection: &mut Connection, unit: Unit) {
+        connection.expect_unit();
+        self.units.push_back(unit);
+    }
+
+    pub(crate) fn set_end_offset(&mut self, offset: u64) {
+        self.end_offset = Some(offset);
+    }
+
+    pub(crate) fn roll_back_open_failure(&mut self) {
+        self.roll_back_open_failure = true;
+    }
+
+    /// Drives the connection until every unit has answered; returns the collected units'
+    /// answers, in order. When the connection fails, the units still due report it.
+    pub(crate) async fn land(mut self, connection: &mut Connection) -> (Vec<Answers>, Option<Box<ServerError>>) {
+        std::future::poll_fn(|cx| self.poll(connection, cx)).await;
+        (self.answers, self.discarded_error)
+    }
+
+    fn poll(&mut self, connection: &mut Connection, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        loop {
+            if connection.io().has_unwritten()
+                && let Poll::Ready(Err(error)) = connection.io().poll_write(cx)
+            {
+                self.fail(connection, WireError::Io(error));
+                return Poll::Ready(());
+            }
+            if self.units.is_empty() && !connection.io().has_unwritten() {
+                return Poll::Ready(());
+            }
+            let message = match connection.io().poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(message))) => message,
+                Poll::Ready(Ok(None)) => {
+                    self.fail(connection, WireError::Closed);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Err(error)) => {
+                    self.fail(connection, WireError::Io(error));
+                    return Poll::Ready(());
+                }
+            };
+            let Some(message) = connection.absorb(message) else { continue };
+            if let Err(error) = self.take(connection, message) {
+                self.fail(connection, error);
+                return Poll::Ready(());
+            }
+        }
+    }
+
+    /// Hands a message to the unit it belongs to.
+    fn take(&mut self, connection: &mut Connection, message: Message) -> Result<(), WireError> {
+        let Some(unit) = self.units.front_mut() else {
+            return match message {
+                // A server that ends the session between requests says so first.
+                Message::ErrorResponse(body) => Err(WireError::Session(Box::new(server_error(body.fields())))),
+                _ => Err(WireError::Protocol("a message outside any request".into())),
+            };
+        };
+        match unit {
+            Unit::Discard => match message {
+                Message::ReadyForQuery(_) => {
+                    self.units.pop_front();
+                }
+                Message::ErrorResponse(body) => {
+                    let error = server_error(body.fields());
+                    tracing::debug!(code = error.code().code(), "a follow-up request of a batch failed");
+                    self.discarded_error.get_or_insert(Box::new(error));
+                }
+                _ => {}
+            },
+            Unit::Collect(collector) => {
+                if collector.take(message)? {
+                    let Some(Unit::Collect(collector)) = self.units.pop_front() else { unreachable!("matched above") };
+                    let failed = collector.failed();
+                    self.answers.push(collector.finish());
+                    if failed && self.roll_back_open_failure && connection.status() != TxStatus::Idle {
+                        // The first round trip of a two-phase batch failed inside its open
+                        // transaction: end it now, before the connection is handed back.
+                        frontend::query(super::exchange::ROLLBACK, connection.io().queue())
+                            .map_err(|e| WireError::Protocol(e.to_string()))?;
+                        self.units.push_front(Unit::Discard);
+                        connection.expect_unit();
+                    }
+                    self.roll_back_open_failure = false;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The connection failed: it is broken, and every unit still due reports the failure.
+    fn fail(&mut self, connection: &mut Connection, error: WireError) {
+        let error = connection.lost(error);
+        let end_sent = self.end_offset.is_some_and(|offset| connection.io().written() >= offset);
+        let mut error = Some(error);
+        for unit in self.units.drain(..) {
+            if let Unit::Collect(collector) = unit {
+                // The first collected unit gets the error itself, the others a copy of its
+                // kind; only the first can have an end step in flight.
+                let this = error.take().unwrap_or(WireError::Closed);
+                let end_sent = end_sent && self.end_offset.take().is_some();
+                self.answers.push(collector.lost(this, end_sent));
+            }
+        }
+    }
+}

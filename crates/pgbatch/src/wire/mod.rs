@@ -1,0 +1,28 @@
+//! The protocol path: connections that speak PostgreSQL's protocol themselves (through
+//! `postgres-protocol`), the exchange that sends a batch as one unit ending in one `Sync`,
+//! custom-type lookups, and pooling.
+//!
+//! The seam to the layers above is small: [`Exchange`] in (what to send: `BEGIN`,
+//! statements, how to end), [`Answers`] out (each statement's rows and the step that
+//! failed, or a lost connection). Another transport would implement the same exchange.
+
+mod cancel;
+mod collect;
+mod config;
+mod connection;
+mod exchange;
+mod flight;
+mod io;
+mod pool;
+mod session;
+mod startup;
+mod tls;
+mod types;
+
+pub use cancel::CancelToken;
+pub(crate) use collect::{Answers, Ending, Step};
+pub use config::{Config, SslMode};
+pub use connection::Connection;
+pub(crate) use connection::TxStatus;
+pub(crate) use exchange::{End, Exchange, NotSent, Restart};
+pub use pool::{Acquire, ConnectionManager};

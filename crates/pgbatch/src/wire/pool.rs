@@ -1,0 +1,169 @@
+//! Pooling connections with bb8, and where a batch gets its connection.
+
+use std::ops::DerefMut;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::Config;
+use super::connection::Connection;
+use super::session::Session;
+use crate::error::{ConnectError, PoolError};
+use crate::plan::RetryPolicy;
+
+/// The connect timeout of a pool's connections when the configuration sets none: a server
+/// that accepts TCP but never answers must not hold a pool slot forever.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a timed-out checkout may spend finding out why connections cannot be opened.
+const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A [`bb8::ManageConnection`] that opens pgbatch [`Connection`]s.
+///
+/// Checking a connection out costs no round trip:
+/// [`is_valid`](bb8::ManageConnection::is_valid) checks the connection's own state (open,
+/// idle, no answers due; see [`Connection::check`]) instead of sending a query, so bb8's
+/// test-on-checkout can stay on. A connection that comes back from a batch in any other
+/// state is discarded, never lent out again.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = pgbatch::ConnectionManager::new("postgres://postgres@127.0.0.1/app".parse::<pgbatch::Config>()?)
+///     .session_setup(["SET application_name = 'billing'"]);
+/// let pool = bb8::Pool::builder().max_size(8).build(manager).await?;
+/// # let _ = pool; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConnectionManager {
+    config: Config,
+    session: Arc<Session>,
+}
+
+impl ConnectionManager {
+    /// A manager that connects as `config` says (a `tokio_postgres::Config` converts into
+    /// a [`Config`]). Without a `connect_timeout` in it, connections time out after 10 s.
+    pub fn new(config: impl Into<Config>) -> Self {
+        let mut config = config.into();
+        if config.postgres().get_connect_timeout().is_none() {
+            config.postgres_mut().connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        ConnectionManager { config, session: Arc::new(Session::default()) }
+    }
+
+    /// The retry policy of batches run on this pool's connections that set none.
+    #[must_use]
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        Arc::make_mut(&mut self.session).retry = policy;
+        self
+    }
+
+    /// Statements every new connection runs once, before its first batch (and again
+    /// after pgbatch resets a session a batch may have changed): session settings such as
+    /// `SET disallow_full_table_scans = on` on CockroachDB, or `SET statement_timeout =
+    /// '5s'`. Nothing is sent for them when there are none.
+    ///
+    /// A statement that fails makes the connection attempt fail with
+    /// [`ConnectError::Server`].
+    #[must_use]
+    pub fn session_setup<S: Into<String>>(mut self, statements: impl IntoIterator<Item = S>) -> Self {
+        Arc::make_mut(&mut self.session).setup = statements.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets an [`Observer`](crate::Observer) that hears of every statement of every run on
+    /// this pool's connections (its label, what became of it, the run's round trip, the
+    /// attempt): the place for metrics and probes. Without one nothing is called.
+    #[must_use]
+    pub fn observer(mut self, observer: impl crate::plan::Observer) -> Self {
+        Arc::make_mut(&mut self.session).observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// The configuration connections are opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl bb8::ManageConnection for ConnectionManager {
+    type Connection = Connection;
+    type Error = ConnectError;
+
+    async fn connect(&self) -> Result<Connection, ConnectError> {
+        super::startup::connect(&self.config, Arc::clone(&self.session)).await
+    }
+
+    async fn is_valid(&self, connection: &mut Connection) -> Result<(), ConnectError> {
+        connection.check()
+    }
+
+    fn has_broken(&self, connection: &mut Connection) -> bool {
+        connection.check().is_err()
+    }
+}
+
+/// Where a batch can run: a connection it borrows, or a pool it checks one out of.
+///
+/// Implemented for `&mut Connection`, `&bb8::Pool<ConnectionManager>` and
+/// `&mut bb8::PooledConnection<'_, ConnectionManager>`.
+pub trait Acquire: Send {
+    /// The connection, held for the length of the batch.
+    type Lease: DerefMut<Target = Connection> + Send;
+
+    /// Gets the connection.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError`] when the pool times out or cannot open a connection.
+    fn acquire(self) -> impl Future<Output = Result<Self::Lease, PoolError>> + Send;
+
+    /// Another way to get a fresh connection from the same place, when there is one (a
+    /// pool): used to settle an unknown outcome on a connection other than the one that
+    /// was lost.
+    fn another(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
+}
+
+impl<'c> Acquire for &'c mut Connection {
+    type Lease = &'c mut Connection;
+
+    async fn acquire(self) -> Result<Self::Lease, PoolError> {
+        Ok(self)
+    }
+}
+
+impl<'p> Acquire for &'p bb8::Pool<ConnectionManager> {
+    type Lease = bb8::PooledConnection<'p, ConnectionManager>;
+
+    async fn acquire(self) -> Result<Self::Lease, PoolError> {
+        match self.get().await {
+            Ok(connection) => Ok(connection),
+            Err(bb8::RunError::User(error)) => Err(PoolError::Connect(error)),
+            Err(bb8::RunError::TimedOut) => {
+                // bb8 opens connections in the background and keeps their errors to
+                // itself; one attempt of our own tells why, when connecting is what fails.
+                let diagnosis = tokio::time::timeout(DIAGNOSIS_TIMEOUT, self.dedicated_connection()).await;
+                let last_connect_error = match diagnosis {
+                    Ok(Err(error)) => Some(Arc::new(error)),
+                    Ok(Ok(_)) | Err(_) => None,
+                };
+                Err(PoolError::TimedOut { last_connect_error })
+            }
+        }
+    }
+
+    fn another(&self) -> Option<Self> {
+        Some(*self)
+    }
+}
+
+impl<'c, 'p> Acquire for &'c mut bb8::PooledConnection<'p, ConnectionManager> {
+    type Lease = &'c mut Connection;
+
+    async fn acquire(self) -> Result<Self::Lease, PoolError> {
+        Ok(&mut **self)
+    }
+}

@@ -1,0 +1,99 @@
+//! Custom types' OIDs, looked up once per connection before anything of a batch is sent.
+//!
+//! Each unknown type is one unit of its own (an unnamed statement and a `Sync`), all of
+//! them in one write: one round trip for any number of types, no named statements (so a
+//! transaction-pooling PgBouncer cannot split them), and a missing type fails only its own
+//! lookup. Result columns of custom types need no lookup: rows arrive in binary with their
+//! OIDs, and Diesel decodes them from the bytes.
+
+use postgres_protocol::message::frontend;
+
+use super::collect::{Collector, Ending};
+use super::connection::Connection;
+use super::exchange::NotSent;
+use super::flight::{Flight, Unit};
+use crate::codec::{Statement, TypeName};
+use crate::error::{BuildError, WireError};
+
+/// A type visible on the search path, by name.
+const VISIBLE: &str = "SELECT t.oid, t.typarray FROM pg_catalog.pg_type t \
+                       WHERE t.typname = $1 AND pg_catalog.pg_type_is_visible(t.oid)";
+/// A type in a given schema.
+const QUALIFIED: &str = "SELECT t.oid, t.typarray FROM pg_catalog.pg_type t \
+                         JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+                         WHERE t.typname = $1 AND n.nspname = $2";
+/// `text`: the OID of the lookups' binds.
+const TEXT_OID: u32 = 25;
+
+/// Looks up the custom types of `statements` this connection has not met yet.
+pub(crate) async fn resolve(connection: &mut Connection, statements: &[&Statement]) -> Result<(), NotSent> {
+    let mut unknown: Vec<&TypeName> = Vec::new();
+    for name in statements.iter().flat_map(|s| s.binds.custom_types()) {
+        if connection.custom_type(name).is_none() && !unknown.contains(&name) {
+            unknown.push(name);
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut flight = Flight::new();
+    for name in &unknown {
+        let (sql, binds): (&str, Vec<&str>) = match &name.schema {
+            Some(schema) => (QUALIFIED, vec![&name.name, schema]),
+            None => (VISIBLE, vec![&name.name]),
+        };
+        let buf = connection.io().queue();
+        let queued = (|| {
+            frontend::parse("", sql, binds.iter().map(|_| TEXT_OID), buf)?;
+            frontend::bind(
+                "",
+                "",
+                Some(1),
+                &binds,
+                |value, buf| {
+                    buf.extend_from_slice(value.as_bytes());
+                    Ok(postgres_protocol::IsNull::No)
+                },
+                Some(1),
+                buf,
+            )
+            .map_err(|_| std::io::Error::other("a type name that cannot be sent"))?;
+            frontend::describe(b'P', "", buf)?;
+            frontend::execute("", 0, buf)?;
+            frontend::sync(buf);
+            Ok::<_, std::io::Error>(())
+        })();
+        queued.map_err(|error| NotSent::Wire(WireError::Protocol(error.to_string())))?;
+        flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None)));
+    }
+    let (answers, _) = flight.land(connection).await;
+    for (name, answer) in unknown.into_iter().zip(answers) {
+        match answer.ending {
+            Ending::Done => {}
+            Ending::Failed { error, .. } => {
+                return Err(NotSent::Wire(WireError::Protocol(format!("looking up type {name} failed: {error}"))));
+            }
+            Ending::Lost { error, .. } => return Err(NotSent::Wire(error)),
+        }
+        let oids = answer.outputs.first().and_then(|output| output.rows.first()).and_then(|row| {
+            let oid = |index| row.value(index).and_then(|v| <[u8; 4]>::try_from(v).ok()).map(u32::from_be_bytes);
+            Some((oid(0)?, oid(1)?))
+        });
+        let Some(oids) = oids else {
+            return Err(NotSent::UnknownType(BuildError::UnknownType { name: name.to_string() }));
+        };
+        tracing::debug!(%name, oid = oids.0, "resolved custom type");
+        connection.remember_type(name.clone(), oids);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn type_lookups_use_listed_constructs_only() {
+        for sql in [super::VISIBLE, super::QUALIFIED] {
+            crate::codec::constructs::assert_allowed(sql, &[]);
+        }
+    }
+}

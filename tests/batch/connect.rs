@@ -1,0 +1,88 @@
+//! Opening connections: bounded by the connect timeout whatever the server does, and a
+//! pool that cannot open one says why.
+
+use std::time::{Duration, Instant};
+
+use pgbatch::{Batch, ConnectError, Connection, Error, PoolError};
+
+use crate::common::*;
+
+#[tokio::test]
+async fn a_server_that_accepts_but_never_answers_times_out() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres?connect_timeout=1");
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), Connection::connect(&url)).await;
+    let err = result.expect("bounded by connect_timeout").expect_err("no answer, no connection");
+    assert!(matches!(err, ConnectError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    accepting.abort();
+}
+
+async fn pool_to(config: tokio_postgres::Config) -> Pool {
+    bb8::Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_millis(500))
+        .build_unchecked(pgbatch::ConnectionManager::new(config))
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_connect_reports_the_last_connection_error() {
+    let h = Harness::new().await;
+    let refused = {
+        // (Config::port adds a port to the ones the config has: build a fresh one.)
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut config = tokio_postgres::Config::new();
+        config.host("127.0.0.1").port(port).user("postgres").dbname("postgres");
+        config
+    };
+    let unknown_database = {
+        let mut config = h.db.config().clone();
+        config.dbname("pgbatch_no_such_database");
+        config
+    };
+    for (name, config) in [("refused port", refused), ("unknown database", unknown_database)] {
+        let pool = pool_to(config).await;
+        let mut batch = Batch::new();
+        batch.push(insert_note(1, "never"));
+        let err = batch.run(&pool).await.unwrap_err();
+        let Error::Pool(PoolError::TimedOut { last_connect_error: Some(cause) }) = &err else {
+            panic!("{name}: the cause is kept: {err}")
+        };
+        match name {
+            "refused port" => assert!(matches!(**cause, ConnectError::Io { .. }), "{name}: {cause}"),
+            _ => assert!(
+                matches!(&**cause, ConnectError::Server { error, .. } if error.code().code() == "3D000"),
+                "{name}: {cause}"
+            ),
+        }
+        assert!(err.to_string().contains(&cause.to_string()), "the message says why: {err}");
+    }
+}
+
+#[tokio::test]
+async fn a_pooled_connection_whose_session_the_server_ended_is_not_lent_out() {
+    let h = Harness::new().await;
+    let pool = h.pool_named("pgbatch-ended", 1).await;
+    for round in 0..20 {
+        let pid = pool.get().await.unwrap().cancel_token().process_id();
+        h.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pg_terminate_backend({pid})")).await;
+        while h.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")).await > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut batch = Batch::new();
+        batch.push(insert_note(1, &format!("after {round}")));
+        batch
+            .run(&pool)
+            .await
+            .unwrap_or_else(|err| panic!("round {round}: a fresh connection, not the ended one: {err}"));
+    }
+    assert_eq!(h.count("SELECT count(*) FROM note").await, 20);
+}

@@ -1,0 +1,216 @@
+//! Fault sweeps: the representative keyed batch cut at every byte of its request and of its
+//! answers, dropped after every poll and at a range of delays (one round trip and two-phase,
+//! on a bare connection and through a pool), its backend terminated at a range of delays,
+//! its network stalled while the caller's timeout drops it, and its server crashed and
+//! restarted (see `crash.rs`). Every case is judged the
+//! same way (see `Sweep::judge`) and the whole sweep prints one line:
+//!
+//! `fault-sweeps: cases=N partial_states=0 misreports=0 leaked_transactions=0 unsettled=0`
+
+use std::time::Duration;
+
+use pgbatch::{Batch, Connection};
+use pgbatch_testing::{Fault, Proxy};
+
+use crate::support::*;
+
+/// A case's tag: all of a sweep's tags have the same length, so that every run of the
+/// representative batch sends the same number of bytes.
+fn tag(name: &str, case: u64) -> String {
+    format!("{name}-{case:06}")
+}
+
+/// A pool of one connection through a fresh proxy, named `name`.
+async fn proxied(faults: &Faults, name: &str) -> (Proxy, Pool) {
+    let proxy = faults.db.proxy().await.expect("a TCP server").start().await.expect("a proxy");
+    let mut config = faults.db.config_via(&proxy);
+    config.application_name(name);
+    let pool = bb8::Pool::builder().max_size(1).build(pgbatch::ConnectionManager::new(config)).await.unwrap();
+    (proxy, pool)
+}
+
+/// Opens the pool's connection before a fault is armed, so that the fault lands on the
+/// batch and not on the login.
+async fn warm(pool: &Pool) {
+    drop(pool.get().await.expect("a connection through the proxy"));
+}
+
+/// How many bytes one run of the representative batch sends and receives.
+async fn measure(faults: &Faults, name: &str) -> (u64, u64) {
+    let (proxy, pool) = proxied(faults, name).await;
+    warm(&pool).await;
+    let (client, server) = (proxy.client_bytes(), proxy.server_bytes());
+    keyed(&tag(name, 999_999), None).0.run(&pool).await.expect("the batch commits");
+    (proxy.client_bytes() - client, proxy.server_bytes() - server)
+}
+
+/// Cuts the connection after exactly k bytes of the request (`client`) or of the answers,
+/// for every k.
+async fn byte_cuts(faults: &Faults, client: bool) -> Sweep {
+    let name = if client { "sweep-cut-request" } else { "sweep-cut-answers" };
+    let (request, answers) = measure(faults, name).await;
+    let total = if client { request } else { answers };
+    let mut sweep = Sweep::default();
+    let (proxy, pool) = proxied(faults, name).await;
+    for k in 0..=total {
+        warm(&pool).await;
+        proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
+        let tag = tag(name, k);
+        let fired = proxy.cuts();
+        let result = keyed(&tag, None).0.run(&pool).await;
+        assert_eq!(proxy.cuts(), fired + 1, "the cut after {k} of {total} bytes fired");
+        sweep.judge(faults, name, &tag, &Verdict::of(&result)).await;
+    }
+    pool_runs(&pool, name).await;
+    sweep
+}
+
+/// The pool still runs batches.
+async fn pool_runs(pool: &Pool, name: &str) {
+    let tag = format!("{name}-after");
+    create_project(&tag, 1).run(pool).await.expect("the pool serves batches after the faults");
+}
+
+/// Where a dropped batch runs.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Bare,
+    Pool,
+}
+
+/// Drops the batch future after every poll count and at a range of delays.
+async fn drops(faults: &Faults) -> Sweep {
+    let mut sweep = Sweep::default();
+    for target in [Target::Bare, Target::Pool] {
+        for two_phase in [false, true] {
+            let name = format!("sweep-drop-{target:?}-{}", if two_phase { "prepare" } else { "run" }).to_lowercase();
+            let config = faults.config(&name, None);
+            let mut bare = Connection::connect_with(&config).await.expect("a connection");
+            let pool = faults.pool(&name, None, 1).await;
+            let stops =
+                (1..=8).map(Stop::Polls).chain((0..=40).step_by(4).map(|ms| Stop::After(Duration::from_millis(ms))));
+            for (case, stop) in stops.enumerate() {
+                let tag = format!("{name}-{case}");
+                let (batch, _) = keyed(&tag, Some(0.02));
+                let verdict = match target {
+                    Target::Bare => stop.apply(&batch, two_phase, &mut bare).await,
+                    Target::Pool => stop.apply(&batch, two_phase, &pool).await,
+                };
+                if let Target::Bare = target {
+                    // What a caller does next with the connection: its next batch first reads
+                    // the dropped one's answers.
+                    Batch::new().run(&mut bare).await.expect("the bare connection runs on");
+                }
+                sweep.judge(faults, &name, &tag, &verdict).await;
+            }
+            pool_runs(&pool, &name).await;
+        }
+    }
+    sweep
+}
+
+/// When a dropped batch's future goes.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// After this many polls, a millisecond apart.
+    Polls(usize),
+    /// After this long.
+    After(Duration),
+}
+
+impl Stop {
+    async fn apply<A: pgbatch::Acquire>(self, batch: &Batch, two_phase: bool, target: A) -> Verdict {
+        let future: std::pin::Pin<Box<dyn Future<Output = Verdict> + Send + '_>> = if two_phase {
+            Box::pin(async move {
+                match batch.prepare(target).await {
+                    // Dropped undecided: rolled back.
+                    Ok(prepared) => {
+                        drop(prepared);
+                        Verdict::NotCommitted("dropped between the phases".into())
+                    }
+                    Err(error) => Verdict::of::<()>(&Err(error)),
+                }
+            })
+        } else {
+            Box::pin(async move { Verdict::of(&batch.run(target).await) })
+        };
+        let dropped = || Verdict::Unknown("the future was dropped".into());
+        match self {
+            Stop::After(delay) => tokio::time::timeout(delay, future).await.unwrap_or_else(|_| dropped()),
+            Stop::Polls(polls) => {
+                let mut future = future;
+                for _ in 0..polls {
+                    if let std::task::Poll::Ready(verdict) = futures_util::poll!(&mut future) {
+                        return verdict;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                dropped()
+            }
+        }
+    }
+}
+
+/// Terminates the batch's backend at a range of delays into a batch that sleeps in its
+/// middle.
+async fn kills(faults: &Faults) -> Sweep {
+    let mut sweep = Sweep::default();
+    let name = "sweep-kill";
+    let pool = faults.pool(name, None, 1).await;
+    for (case, delay_ms) in (0..=60).step_by(4).enumerate() {
+        let pid = pool.get().await.expect("a connection").cancel_token().process_id();
+        let tag = format!("{name}-{case}");
+        let (batch, _) = keyed(&tag, Some(0.03));
+        let killer = async {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            faults.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pg_terminate_backend({pid})")).await;
+        };
+        let (result, ()) = tokio::join!(batch.run(&pool), killer);
+        sweep.judge(faults, name, &tag, &Verdict::of(&result)).await;
+    }
+    pool_runs(&pool, name).await;
+    sweep
+}
+
+/// Stalls the network after k bytes of the request while the caller's timeout drops the
+/// batch: the pool must not lend the stalled connection out again.
+async fn stalls(faults: &Faults) -> Sweep {
+    let name = "sweep-stall";
+    let (request, _) = measure(faults, name).await;
+    let mut sweep = Sweep::default();
+    for k in (0..=request).step_by((request as usize / 12).max(1)) {
+        let (proxy, pool) = proxied(faults, name).await;
+        warm(&pool).await;
+        proxy.arm(Fault::StallAfterClientBytes(k));
+        let tag = tag(name, k);
+        let stalled = tokio::time::timeout(Duration::from_millis(150), keyed(&tag, None).0.run(&pool)).await;
+        assert_eq!(proxy.cuts(), 1, "the stall after {k} of {request} bytes fired");
+        let verdict =
+            stalled.map_or_else(|_| Verdict::Unknown("dropped by the caller's timeout".into()), |r| Verdict::of(&r));
+        // The next caller gets a connection that is not the stalled one, and no hang. (It
+        // counts in the other silo: the stalled transaction may hold silo 1's row lock
+        // until its connection is closed.)
+        let next =
+            tokio::time::timeout(Duration::from_secs(5), create_project(&format!("{tag}-next"), 2).run(&pool)).await;
+        assert!(
+            matches!(next, Ok(Ok(_))),
+            "after a stall at byte {k} the pool hands out a working connection: {next:?}"
+        );
+        proxy.kill_all();
+        sweep.judge(faults, name, &tag, &verdict).await;
+    }
+    sweep
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_sweeps() {
+    let faults = Faults::new().await;
+    let mut sweep = Sweep::default();
+    sweep.add(byte_cuts(&faults, true).await);
+    sweep.add(byte_cuts(&faults, false).await);
+    sweep.add(drops(&faults).await);
+    sweep.add(kills(&faults).await);
+    sweep.add(stalls(&faults).await);
+    sweep.add(crate::crash::crashes().await);
+    sweep.report_and_assert("fault-sweeps");
+}
