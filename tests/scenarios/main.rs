@@ -6,4 +6,5 @@
 
 mod contention;
 mod control_plane;
+mod silo_and_sync;
 mod world;

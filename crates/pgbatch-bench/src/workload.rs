@@ -11,16 +11,9 @@ use pgbatch_scenarios::schema::{project, silo, silo_quotas, virtual_provisioning
 use tokio_postgres::types::{ToSql, Type};
 use uuid::Uuid;
 
-/// Tables the workloads need beyond the scenarios' schema (C2's silo parts, S1's sync log).
+/// What the workloads need beyond the scenarios' schema: S1's items and clock, and the
+/// hot-row contention table.
 pub const EXTRA_SCHEMA: &str = "
-CREATE TABLE silo_group (id uuid PRIMARY KEY, silo_id uuid NOT NULL, name text NOT NULL);
-CREATE TABLE role_assignment (resource_id uuid NOT NULL, identity_id uuid NOT NULL, role text NOT NULL);
-CREATE INDEX ON role_assignment (resource_id);
-CREATE TABLE certificate (id uuid PRIMARY KEY, silo_id uuid NOT NULL, cert text NOT NULL);
-CREATE TABLE silo_auth_settings (silo_id uuid PRIMARY KEY, device_token_max_ttl_seconds bigint);
-CREATE TABLE sync_item (id bigint PRIMARY KEY, value text NOT NULL);
-CREATE TABLE sync_message (id uuid PRIMARY KEY, item_id bigint NOT NULL, value text NOT NULL, clock bigint NOT NULL);
-CREATE TABLE sync_clock (id int PRIMARY KEY, clock bigint NOT NULL);
 INSERT INTO sync_item (id, value) SELECT g, '' FROM generate_series(0, 19) g;
 INSERT INTO sync_clock (id, clock) VALUES (1, 0);
 CREATE TABLE hot_row_event (id uuid PRIMARY KEY, silo_id uuid NOT NULL);
@@ -29,19 +22,13 @@ CREATE TABLE hot_row_event (id uuid PRIMARY KEY, silo_id uuid NOT NULL);
 /// Diesel's view of [`EXTRA_SCHEMA`].
 #[allow(missing_docs)]
 pub mod schema {
-    diesel::table! { silo_group (id) { id -> Uuid, silo_id -> Uuid, name -> Text } }
-    diesel::table! { role_assignment (resource_id, identity_id) { resource_id -> Uuid, identity_id -> Uuid, role -> Text } }
-    diesel::table! { certificate (id) { id -> Uuid, silo_id -> Uuid, cert -> Text } }
-    diesel::table! { silo_auth_settings (silo_id) { silo_id -> Uuid, device_token_max_ttl_seconds -> Nullable<Int8> } }
-    diesel::table! { sync_item (id) { id -> Int8, value -> Text } }
-    diesel::table! { sync_message (id) { id -> Uuid, item_id -> Int8, value -> Text, clock -> Int8 } }
-    diesel::table! { sync_clock (id) { id -> Int4, clock -> Int8 } }
     diesel::table! { hot_row_event (id) { id -> Uuid, silo_id -> Uuid } }
 }
 
-use schema::{
-    certificate, hot_row_event, role_assignment, silo_auth_settings, silo_group, sync_clock, sync_item, sync_message,
+use pgbatch_scenarios::schema::{
+    certificate, role_assignment, silo_auth_settings, silo_group, sync_clock, sync_item, sync_message,
 };
+use schema::hot_row_event;
 
 /// A statement parameter, for the tokio-postgres contenders.
 #[derive(Debug, Clone)]

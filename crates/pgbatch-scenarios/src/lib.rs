@@ -13,6 +13,8 @@ pub mod provisioning;
 pub mod schema;
 pub mod seed;
 pub mod service;
+pub mod silo;
+pub mod sync;
 
 /// The scenarios' schema, as SQL.
 pub const SCHEMA_SQL: &str = include_str!("schema.sql");

@@ -95,3 +95,11 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
     }
 }
+
+diesel::table! { silo_group (id) { id -> Uuid, silo_id -> Uuid, name -> Text } }
+diesel::table! { role_assignment (resource_id, identity_id) { resource_id -> Uuid, identity_id -> Uuid, role -> Text } }
+diesel::table! { certificate (id) { id -> Uuid, silo_id -> Uuid, cert -> Text } }
+diesel::table! { silo_auth_settings (silo_id) { silo_id -> Uuid, device_token_max_ttl_seconds -> Nullable<Int8> } }
+diesel::table! { sync_item (id) { id -> Int8, value -> Text } }
+diesel::table! { sync_message (id) { id -> Uuid, item_id -> Int8, value -> Text, clock -> Int8 } }
+diesel::table! { sync_clock (id) { id -> Int4, clock -> Int8 } }

@@ -65,3 +65,27 @@ CREATE TABLE vpc_firewall_rule (
     deleted_at timestamptz
 );
 CREATE UNIQUE INDEX vpc_firewall_rule_name_unique ON vpc_firewall_rule (vpc_id, name) WHERE deleted_at IS NULL;
+
+-- Scenario C2: what a silo owns besides its counter and quotas.
+CREATE TABLE silo_group (id uuid PRIMARY KEY, silo_id uuid NOT NULL REFERENCES silo (id), name text NOT NULL);
+CREATE TABLE role_assignment (resource_id uuid NOT NULL, identity_id uuid NOT NULL, role text NOT NULL);
+CREATE INDEX role_assignment_resource ON role_assignment (resource_id);
+CREATE TABLE certificate (
+    id uuid PRIMARY KEY,
+    silo_id uuid NOT NULL REFERENCES silo (id),
+    cert text NOT NULL CONSTRAINT certificate_is_pem CHECK (cert LIKE '-----BEGIN CERTIFICATE-----%')
+);
+CREATE TABLE silo_auth_settings (silo_id uuid PRIMARY KEY REFERENCES silo (id), device_token_max_ttl_seconds bigint);
+
+-- Scenario S1: replicated items, the log of the messages applied to them, and the clock.
+CREATE TABLE sync_item (
+    id bigint PRIMARY KEY,
+    value text NOT NULL CONSTRAINT sync_item_value_length CHECK (length(value) <= 200)
+);
+CREATE TABLE sync_message (
+    id uuid PRIMARY KEY,
+    item_id bigint NOT NULL REFERENCES sync_item (id),
+    value text NOT NULL,
+    clock bigint NOT NULL
+);
+CREATE TABLE sync_clock (id int PRIMARY KEY, clock bigint NOT NULL);

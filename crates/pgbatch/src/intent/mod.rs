@@ -96,10 +96,13 @@ pub enum IntentError {
         /// Its key.
         key: String,
     },
-    /// A sweep's claim on the intent lapsed and another sweep took it over: this sweep's
-    /// decision was not applied.
-    #[error("the claim on intent {0} was lost to another sweep")]
-    ClaimLost(Uuid),
+}
+
+/// Lets fragments that map no failures join a batch whose domain error is [`IntentError`].
+impl From<std::convert::Infallible> for IntentError {
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
 }
 
 /// A pending intent, as a recovery sweep hands it over.
@@ -118,8 +121,6 @@ pub struct Intent {
     pub attempts: i32,
     /// When it was recorded, by the server's clock.
     pub created_at: SystemTime,
-    /// The claim of the sweep that holds it.
-    pub(crate) claim: Uuid,
 }
 
 /// The intents of one table.

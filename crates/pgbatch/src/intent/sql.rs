@@ -74,7 +74,7 @@ impl IntentSql {
         )
     }
 
-    /// Lets go of the claim `$2` on intent `$1`, counting the attempt.
+    /// Lets go of the claim `$2` on intent `$1` (the claim counted the attempt).
     pub(crate) fn release(&self) -> String {
         format!("UPDATE {} SET claim = NULL, claimed_until = NULL WHERE id = $1 AND claim = $2", self.table)
     }

@@ -161,7 +161,6 @@ impl Intents {
                 payload: row.payload,
                 attempts: row.attempts,
                 created_at: SystemTime::UNIX_EPOCH + Duration::from_secs_f64(row.created_at.max(0.0)),
-                claim,
             };
             let (id, kind, attempts) = (intent.id, intent.kind.clone(), intent.attempts);
             let outcome = match decide(intent).await {
