@@ -13,7 +13,11 @@ use pgbatch_scenarios::sync::{self, Message, SyncError};
 use uuid::Uuid;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (db, pool) = pgbatch_scenarios::seed::playground().await?;
     db.execute(
         "INSERT INTO sync_item (id, value) SELECT g, 'initial' FROM generate_series(0, 9) g; \

@@ -1,7 +1,7 @@
 //! Scenario C4: attach disks to an instance, at most 12, with every typed refusal.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example attach_disk
+//! cargo run --example attach_disk
 //! ```
 
 use diesel::prelude::*;
@@ -12,7 +12,11 @@ use pgbatch_scenarios::seed::{Quotas, playground, seed};
 use uuid::Uuid;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (_db, pool) = playground().await?;
     let world = seed(&pool, "engineering", Quotas { cpus: 64, ram: 1 << 40, storage: 1 << 50 }).await?;
     let (vm, other_vm) = (Uuid::new_v4(), Uuid::new_v4());

@@ -2,7 +2,7 @@
 //! trip — and what the caller sees when it cannot be done.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example create_project
+//! cargo run --example create_project
 //! ```
 //!
 //! The example works in a throwaway database of its own (see `pgbatch-testing`), so it can
@@ -15,7 +15,11 @@ use pgbatch_scenarios::schema::{project as project_table, silo};
 use uuid::Uuid;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (db, pool) = pgbatch_scenarios::seed::playground().await?;
 
     let silo_id = Uuid::new_v4();

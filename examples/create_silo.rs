@@ -26,7 +26,11 @@ const TABLES: [&str; 7] = [
 ];
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (db, pool) = pgbatch_scenarios::seed::playground().await?;
     let client = db.connect().await?;
     let new = |name: &str, certificates: &[&str]| NewSilo {

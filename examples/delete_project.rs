@@ -2,7 +2,7 @@
 //! holds no resources; either failure aborts both statements with its own typed error.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example delete_project
+//! cargo run --example delete_project
 //! ```
 
 use pgbatch::{Batch, Error};
@@ -12,7 +12,11 @@ use pgbatch_scenarios::seed::{Quotas, playground, seed};
 use uuid::Uuid;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (_db, pool) = playground().await?;
     let world = seed(&pool, "engineering", Quotas { cpus: 64, ram: 1 << 40, storage: 1 << 50 }).await?;
     let instance = Request {

@@ -2,7 +2,7 @@
 //! silo's quotas, composing two domain modules' fragments in one batch.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example provision_instance
+//! cargo run --example provision_instance
 //! ```
 
 use pgbatch::Batch;
@@ -12,7 +12,11 @@ use pgbatch_scenarios::service;
 use uuid::Uuid;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (_db, pool) = playground().await?;
     let world = seed(&pool, "engineering", Quotas { cpus: 8, ram: 16 << 30, storage: 1 << 40 }).await?;
     let request = |cpus, ram, storage| Request {

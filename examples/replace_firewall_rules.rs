@@ -2,7 +2,7 @@
 //! VPC is gone or the new rules clash.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example replace_firewall_rules
+//! cargo run --example replace_firewall_rules
 //! ```
 
 use diesel::prelude::*;
@@ -17,7 +17,11 @@ fn rules(names: &[&str]) -> Vec<Rule> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (_db, pool) = playground().await?;
     let world = seed(&pool, "engineering", Quotas { cpus: 64, ram: 1 << 40, storage: 1 << 50 }).await?;
     let (live, deleted) = (Uuid::new_v4(), Uuid::new_v4());

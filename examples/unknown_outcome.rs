@@ -6,7 +6,7 @@
 //! failure would.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --example unknown_outcome
+//! cargo run --example unknown_outcome
 //! ```
 
 use pgbatch::idempotency::{self, Resolution};
@@ -26,7 +26,11 @@ fn create_project(key: &IdempotencyKey, project_id: Uuid, silo: Uuid) -> Batch<P
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> std::process::ExitCode {
+    pgbatch_scenarios::example::run(example()).await
+}
+
+async fn example() -> Result<(), Box<dyn std::error::Error>> {
     let (db, pool) = playground().await?;
     idempotency::install(&pool, idempotency::DEFAULT_TABLE).await?;
     let world = seed(&pool, "engineering", Quotas { cpus: 64, ram: 1 << 40, storage: 1 << 50 }).await?;

@@ -71,7 +71,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).init();
+    pgbatch_scenarios::example::init_logging();
     let (store_dir, command) = match parse(std::env::args().skip(1).collect()) {
         Ok(parsed) => parsed,
         Err(message) => {

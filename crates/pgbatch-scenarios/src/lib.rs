@@ -6,6 +6,7 @@
 //! its users do.
 
 pub mod disks;
+pub mod example;
 pub mod firewall;
 pub mod instances;
 pub mod project;

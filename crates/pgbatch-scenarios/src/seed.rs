@@ -64,7 +64,8 @@ pub async fn seed<A: Acquire>(target: A, silo_name: &str, quotas: Quotas) -> Res
 }
 
 /// A throwaway database with the scenarios' schema and a pool on it, for examples: found
-/// as `pgbatch-testing` describes (`DATABASE_URL`, the libpq variables, or Docker), and
+/// as `pgbatch-testing` describes (`DATABASE_URL`, the libpq variables, the standard port,
+/// a private cluster, or Docker), and
 /// dropped with the returned [`TestDatabase`](pgbatch_testing::TestDatabase).
 ///
 /// # Errors

@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
+use crate::LocalCluster;
 use crate::proxy::{Proxy, ProxyBuilder};
 
 /// Where the server behind a [`TestDatabase`] came from.
@@ -21,6 +22,12 @@ pub enum ServerSource {
     DatabaseUrl,
     /// The libpq environment variables (`PGHOST`, ...).
     Libpq,
+    /// A server answering on PostgreSQL's standard address, `127.0.0.1:5432`, as the user
+    /// `postgres` without a password (a local install with trust authentication).
+    StandardPort,
+    /// A private cluster started from the PostgreSQL binaries installed on this machine
+    /// ([`LocalCluster`](crate::LocalCluster)).
+    PrivateCluster,
     /// A container started through testcontainers.
     Container,
     /// A server the caller named ([`TestDatabase::create_on`]).
@@ -31,13 +38,18 @@ pub enum ServerSource {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    /// No server was configured and no Docker daemon answered.
+    /// No server was configured, none answered on the standard port, no private cluster
+    /// could be started and no Docker daemon answered.
     #[error(
-        "no PostgreSQL server for tests: set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres), \
-         or the libpq variables PGHOST/PGPORT/PGUSER/PGPASSWORD, or start a Docker daemon so that a throwaway \
-         container can be used (Docker said: {docker})"
+        "no PostgreSQL server for tests. Any one of these works: set DATABASE_URL (e.g. \
+         postgres://postgres@127.0.0.1:5432/postgres) or the libpq variables PGHOST/PGPORT/PGUSER/PGPASSWORD; \
+         run a server on 127.0.0.1:5432 that lets the user postgres in; install PostgreSQL's server binaries \
+         (e.g. `apt-get install -y postgresql`) so that a private cluster can be started; or start a Docker \
+         daemon for a throwaway container. (Private cluster: {cluster}. Docker: {docker}.)"
     )]
     NoServer {
+        /// Why no private cluster could be started.
+        cluster: String,
         /// Why the container could not be started.
         docker: String,
     },
@@ -74,6 +86,8 @@ struct Server {
     source: ServerSource,
     /// Keeps the container, if any, alive for the whole process.
     _container: Option<ContainerAsync<Postgres>>,
+    /// Keeps the private cluster, if any, running until the process exits.
+    _cluster: Option<LocalCluster>,
 }
 
 static SERVER: OnceCell<Server> = OnceCell::const_new();
@@ -229,25 +243,53 @@ impl Drop for TestDatabase {
 }
 
 async fn find_server() -> Result<Server, SetupError> {
-    let (admin, source, container) = if let Ok(url) = std::env::var("DATABASE_URL") {
-        (url.parse::<Config>().map_err(SetupError::InvalidUrl)?, ServerSource::DatabaseUrl, None)
+    let (mut container, mut cluster) = (None, None);
+    let (admin, source) = if let Ok(url) = std::env::var("DATABASE_URL") {
+        (url.parse::<Config>().map_err(SetupError::InvalidUrl)?, ServerSource::DatabaseUrl)
     } else if std::env::var_os("PGHOST").is_some() {
-        (libpq_config(), ServerSource::Libpq, None)
+        (libpq_config(), ServerSource::Libpq)
+    } else if let Some(config) = standard_port().await {
+        (config, ServerSource::StandardPort)
     } else {
-        let container =
-            Postgres::default().start().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
-        let host = container.get_host().await.map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
-        let port = container
-            .get_host_port_ipv4(5432)
-            .await
-            .map_err(|error| SetupError::NoServer { docker: error.to_string() })?;
-        let mut config = Config::new();
-        config.host(host.to_string()).port(port).user("postgres").password("postgres").dbname("postgres");
-        (config, ServerSource::Container, Some(container))
+        // Starting a cluster blocks on initdb and pg_ctl: off the runtime's threads.
+        let started = tokio::task::spawn_blocking(|| LocalCluster::start(&[])).await;
+        match started.map_err(|panicked| panicked.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+            Ok(started) => (cluster.insert(started).config(), ServerSource::PrivateCluster),
+            Err(why_not) => {
+                let (config, started) = start_container(why_not).await?;
+                container = Some(started);
+                (config, ServerSource::Container)
+            }
+        }
     };
-    let server = Server { admin, source, _container: container };
+    let server = Server { admin, source, _container: container, _cluster: cluster };
     drop_abandoned_databases(&server).await;
     Ok(server)
+}
+
+/// The server on `127.0.0.1:5432`, when it lets the user `postgres` in without a password.
+async fn standard_port() -> Option<Config> {
+    let mut config = Config::new();
+    config.host("127.0.0.1").port(5432).user("postgres").dbname("postgres");
+    config.connect_timeout(Duration::from_secs(2));
+    let client = connect(&config).await.ok()?;
+    client.simple_query("SELECT 1").await.ok()?;
+    config.connect_timeout(Duration::from_secs(10));
+    Some(config)
+}
+
+/// A throwaway container; `cluster` says why no private cluster could be started instead.
+async fn start_container(cluster: String) -> Result<(Config, ContainerAsync<Postgres>), SetupError> {
+    let no_server = |error: testcontainers::TestcontainersError| SetupError::NoServer {
+        cluster: cluster.clone(),
+        docker: error.to_string(),
+    };
+    let container = Postgres::default().start().await.map_err(no_server)?;
+    let host = container.get_host().await.map_err(no_server)?;
+    let port = container.get_host_port_ipv4(5432).await.map_err(no_server)?;
+    let mut config = Config::new();
+    config.host(host.to_string()).port(port).user("postgres").password("postgres").dbname("postgres");
+    Ok((config, container))
 }
 
 fn libpq_config() -> Config {
@@ -299,6 +341,8 @@ fn server_error(source: ServerSource, error: tokio_postgres::Error) -> SetupErro
     let source_name = match source {
         ServerSource::DatabaseUrl => "DATABASE_URL",
         ServerSource::Libpq => "PGHOST",
+        ServerSource::StandardPort => "127.0.0.1:5432",
+        ServerSource::PrivateCluster => "private cluster",
         ServerSource::Container => "container",
         ServerSource::Explicit => "given",
     };

@@ -3,7 +3,7 @@
 //! hot-row contention run and the client's CPU cost per statement.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --release -p pgbatch-bench --bin compare -- --quick
+//! cargo run --release -p pgbatch-bench --bin compare -- --quick
 //! ```
 //!
 //! Prints the tables and rewrites `docs/benchmarks.md` and `docs/benchmarks.svg`.

@@ -6,7 +6,7 @@
 //! round trip per batch, whatever its size, prints values close to 1.
 //!
 //! ```sh
-//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo run --release -p pgbatch-bench --bin roundtrips
+//! cargo run --release -p pgbatch-bench --bin roundtrips
 //! ```
 //!
 //! Exits with status 1 when PostgreSQL cannot be reached.

@@ -16,7 +16,7 @@ use super::config::Config;
 use super::io::{Io, without_waiting};
 use super::session::Session;
 use crate::codec::TypeName;
-use crate::error::{ConnectError, ServerError, WireError};
+use crate::error::{ConnectError, ServerError, SqlState, WireError};
 use crate::plan::RetryPolicy;
 
 /// The server's transaction status, from its last `ReadyForQuery`.
@@ -203,12 +203,14 @@ impl Connection {
                 None
             }
             Message::NoticeResponse(body) => {
-                // Every batch's closing ROLLBACK draws one ("there is no transaction in
-                // progress"): read it only for a debug log, and log its kind only, since the
-                // message can quote values.
+                // Every committed batch's closing ROLLBACK draws 25P01 ("there is no
+                // transaction in progress"), which says nothing: other notices go to a debug
+                // log, their kind only, since the message can quote values.
                 if tracing::enabled!(tracing::Level::DEBUG) {
                     let notice = server_error(body.fields());
-                    tracing::debug!(severity = notice.severity(), code = notice.code().code(), "server notice");
+                    if *notice.code() != SqlState::NO_ACTIVE_SQL_TRANSACTION {
+                        tracing::debug!(severity = notice.severity(), code = notice.code().code(), "server notice");
+                    }
                 }
                 None
             }
