@@ -8,7 +8,8 @@
 //!
 //! The example works in a throwaway database of its own (see `pgbatch-testing`).
 
-use pgbatch::{Batch, Error};
+use pgbatch::Batch;
+use pgbatch_scenarios::example::report_failure;
 use pgbatch_scenarios::sync::{self, Message, SyncError};
 use uuid::Uuid;
 
@@ -49,14 +50,7 @@ async fn example() -> Result<(), Box<dyn std::error::Error>> {
     for (case, bad) in [("a value too long", (6, too_long)), ("an unknown item", (3, unknown))] {
         let mut batch = Batch::<SyncError>::default();
         batch.append(sync::apply(&messages(2, Some(bad)), 2));
-        match batch.run(&pool).await {
-            Err(Error::Domain { error, failure }) => {
-                println!("{case}: {error}");
-                println!("  failed at statement {} ({})", failure.index(), failure.label().unwrap_or("unlabelled"));
-            }
-            Err(other) => println!("{case}: {other}"),
-            Ok(_) => println!("{case}: unexpectedly committed"),
-        }
+        report_failure(case, batch.run(&pool).await);
         println!("  {}", state(&client).await?);
     }
     Ok(())

@@ -9,7 +9,8 @@
 //!
 //! The example works in a throwaway database of its own (see `pgbatch-testing`).
 
-use pgbatch::{Batch, Error};
+use pgbatch::Batch;
+use pgbatch_scenarios::example::report_failure;
 use pgbatch_scenarios::seed::Quotas;
 use pgbatch_scenarios::silo::{self, NewSilo, SiloError};
 use uuid::Uuid;
@@ -56,14 +57,7 @@ async fn example() -> Result<(), Box<dyn std::error::Error>> {
     {
         let mut batch = Batch::<SiloError>::default();
         batch.append(silo::create(&silo));
-        match batch.run(&pool).await {
-            Err(Error::Domain { error, failure }) => {
-                println!("{case}: {error}");
-                println!("  failed at statement {} ({})", failure.index(), failure.label().unwrap_or("unlabelled"));
-            }
-            Err(other) => println!("{case}: {other}"),
-            Ok(_) => println!("{case}: unexpectedly committed"),
-        }
+        report_failure(case, batch.run(&pool).await);
         println!("  rows: {}", rows(&client).await?);
     }
     Ok(())

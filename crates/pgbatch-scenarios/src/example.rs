@@ -35,3 +35,16 @@ pub async fn run(body: impl Future<Output = Result<(), Box<dyn Error>>>) -> Exit
         }
     }
 }
+
+/// Prints what became of a batch expected to fail: its domain error and the statement it
+/// failed at, by position and label.
+pub fn report_failure<T, E: std::fmt::Display + std::fmt::Debug>(case: &str, result: Result<T, pgbatch::Error<E>>) {
+    match result {
+        Err(pgbatch::Error::Domain { error, failure }) => {
+            println!("{case}: {error}");
+            println!("  failed at statement {} ({})", failure.index(), failure.label().unwrap_or("unlabelled"));
+        }
+        Err(other) => println!("{case}: {other}"),
+        Ok(_) => println!("{case}: unexpectedly committed"),
+    }
+}
