@@ -79,3 +79,31 @@ async fn a_keyed_batch_with_an_ambiguous_commit_resolves() {
         );
     }
 }
+
+/// An `ErrorResponse` with SQLSTATE 57014, as a statement timeout that fires after `COMMIT`
+/// completed but before the server reached the `Sync` produces it.
+fn timeout_after_commit() -> Vec<u8> {
+    let fields: &[&[u8]] =
+        &[b"SERROR\0", b"VERROR\0", b"C57014\0", b"Mcanceling statement due to statement timeout\0", b"\0"];
+    let body: Vec<u8> = fields.concat();
+    let mut message = COMMIT_COMPLETE.to_vec();
+    message.push(b'E');
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_after_commit_answered_does_not_turn_the_commit_into_a_failure() {
+    let h = Harness::new().await;
+    let (proxy, _) = h.behind_proxy().await;
+    let mut connection = Connection::connect_with(h.db.config_via(&proxy)).await.unwrap();
+    proxy.arm(Fault::RewriteServer { from: COMMIT_COMPLETE.to_vec(), to: timeout_after_commit() });
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, "late error"));
+    let committed = batch.run(&mut connection).await;
+    assert_eq!(proxy.cuts(), 1, "the proxy added the error after COMMIT's answer");
+    assert!(committed.is_ok(), "COMMIT answered: committed, whatever follows: {committed:?}");
+    assert_eq!(h.count("SELECT count(*) FROM note WHERE body = 'late error'").await, 1);
+    Batch::new().run(&mut connection).await.expect("the connection runs on");
+}

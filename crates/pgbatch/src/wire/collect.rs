@@ -106,8 +106,13 @@ impl Collector {
             }
             Message::EmptyQueryResponse => self.complete(""),
             Message::ErrorResponse(body) => {
-                // After an error the server skips to the Sync: there is only one.
-                if self.failure.is_none() {
+                if self.ended {
+                    // The end step answered first: the transaction ended as asked. A cancel or
+                    // statement timeout the server acts on after that, before the Sync,
+                    // cannot undo a commit.
+                    tracing::debug!("an error after the transaction ended is not the batch's");
+                } else if self.failure.is_none() {
+                    // After an error the server skips to the Sync: there is only one.
                     self.failure = Some((self.step(), Box::new(server_error(body.fields()))));
                 }
             }
