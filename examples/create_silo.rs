@@ -15,17 +15,6 @@ use pgbatch_scenarios::seed::Quotas;
 use pgbatch_scenarios::silo::{self, NewSilo, SiloError};
 use uuid::Uuid;
 
-/// The tables a silo's statements write to.
-const TABLES: [&str; 7] = [
-    "silo",
-    "virtual_provisioning_collection",
-    "silo_group",
-    "role_assignment",
-    "certificate",
-    "silo_quotas",
-    "silo_auth_settings",
-];
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     pgbatch_scenarios::example::run(example()).await
@@ -66,7 +55,7 @@ async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// How many rows each of the silo's tables holds.
 async fn rows(client: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
     let mut counts = Vec::new();
-    for table in TABLES {
+    for table in silo::TABLES {
         let n: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await?.get(0);
         counts.push(format!("{table}={n}"));
     }

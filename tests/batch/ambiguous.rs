@@ -66,11 +66,15 @@ async fn a_keyed_batch_with_an_ambiguous_commit_resolves() {
     let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("bare")).await.unwrap();
     assert!(matches!(resolution, Resolution::Committed { .. }), "{resolution:?}");
 
-    // On a pool: settled by pgbatch, never replayed into a second commit.
+    // On a pool: settled by pgbatch, never replayed into a second commit. The pool's one
+    // connection answered and is lent again for the settling read: no cancel request may be
+    // sent, since it could land on that read.
     proxy.arm(rewrite_commit());
+    let accepted = proxy.connections_accepted();
     let err = keyed("pooled").run(&pool).await.unwrap_err();
     assert!(matches!(&err, Error::AlreadyCommitted(already) if already.was_settled()), "{err}");
     assert_eq!(proxy.cuts(), 2);
+    assert_eq!(proxy.connections_accepted(), accepted, "no cancel request, no new connection");
     for key in ["bare", "pooled"] {
         assert_eq!(
             h.count(&format!("SELECT count(*) FROM note WHERE body = '{key}'")).await,

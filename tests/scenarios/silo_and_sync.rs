@@ -11,15 +11,6 @@ use uuid::Uuid;
 use crate::world::Pool;
 
 const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
-const SILO_TABLES: [&str; 7] = [
-    "silo",
-    "virtual_provisioning_collection",
-    "silo_group",
-    "role_assignment",
-    "certificate",
-    "silo_quotas",
-    "silo_auth_settings",
-];
 
 async fn empty_world() -> (TestDatabase, Pool, tokio_postgres::Client) {
     let (db, pool) = pgbatch_scenarios::seed::playground().await.expect("a database with the schema");
@@ -56,7 +47,7 @@ async fn create_silo(pool: &Pool, new: &NewSilo) -> Result<(), Error<SiloError>>
 async fn a_silo_commits_with_everything_it_owns() {
     let (_db, pool, client) = empty_world().await;
     create_silo(&pool, &new_silo("eng", &[PEM, PEM, PEM])).await.unwrap();
-    assert_eq!(rows(&client, &SILO_TABLES).await, [1, 1, 1, 1, 3, 1, 1]);
+    assert_eq!(rows(&client, &silo::TABLES).await, [1, 1, 1, 1, 3, 1, 1]);
 }
 
 #[tokio::test]
@@ -70,7 +61,7 @@ async fn a_bad_certificate_leaves_zero_rows_everywhere_and_names_its_statement()
         assert_eq!(error, SiloError::BadCertificate { index: bad_at });
         assert_eq!(failure.label(), Some(silo::labels::insert_certificate(bad_at).as_str()));
         assert!(failure.to_string().contains(&format!("insert certificate {bad_at}")), "{failure}");
-        assert_eq!(rows(&client, &SILO_TABLES).await, [0; 7], "nothing of the silo is left");
+        assert_eq!(rows(&client, &silo::TABLES).await, [0; 7], "nothing of the silo is left");
     }
 }
 
@@ -78,12 +69,12 @@ async fn a_bad_certificate_leaves_zero_rows_everywhere_and_names_its_statement()
 async fn a_duplicate_silo_name_leaves_no_row_of_the_second_silo() {
     let (_db, pool, client) = empty_world().await;
     create_silo(&pool, &new_silo("eng", &[PEM])).await.unwrap();
-    let before = rows(&client, &SILO_TABLES).await;
+    let before = rows(&client, &silo::TABLES).await;
     let error = create_silo(&pool, &new_silo("eng", &[PEM, PEM])).await.unwrap_err();
     let Error::Domain { error, failure } = error else { panic!("a typed silo error: {error}") };
     assert_eq!(error, SiloError::NameTaken("eng".into()));
     assert_eq!(failure.label(), Some(silo::labels::INSERT_SILO));
-    assert_eq!(rows(&client, &SILO_TABLES).await, before, "the second silo wrote nothing");
+    assert_eq!(rows(&client, &silo::TABLES).await, before, "the second silo wrote nothing");
 }
 
 async fn sync_world() -> (TestDatabase, Pool, tokio_postgres::Client) {

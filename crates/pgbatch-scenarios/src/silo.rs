@@ -10,6 +10,17 @@ use crate::schema::{
 };
 use crate::seed::Quotas;
 
+/// The tables [`create`] writes to, each of which a failed creation leaves untouched.
+pub const TABLES: [&str; 7] = [
+    "silo",
+    "virtual_provisioning_collection",
+    "silo_group",
+    "role_assignment",
+    "certificate",
+    "silo_quotas",
+    "silo_auth_settings",
+];
+
 /// A silo to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSilo {

@@ -109,6 +109,7 @@ impl ProxyBuilder {
             client_bytes: AtomicU64::new(0),
             server_bytes: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
+            accepted: AtomicUsize::new(0),
             delay: self.delay,
             precise: self.precise,
         });
@@ -116,6 +117,7 @@ impl ProxyBuilder {
         let accept_shared = Arc::clone(&shared);
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                accept_shared.accepted.fetch_add(1, Ordering::Relaxed);
                 let shared = Arc::clone(&accept_shared);
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
@@ -146,6 +148,8 @@ struct Shared {
     server_bytes: AtomicU64,
     /// Each connection's switches.
     connections: Mutex<Vec<Weak<Switches>>>,
+    /// Connections accepted from clients, cancel requests included.
+    accepted: AtomicUsize,
     delay: Duration,
     precise: bool,
 }
@@ -218,6 +222,12 @@ impl Proxy {
         for switches in self.live() {
             switches.stall.send_replace(false);
         }
+    }
+
+    /// How many connections clients opened through the proxy, cancel requests included
+    /// (a cancel request is a connection of its own).
+    pub fn connections_accepted(&self) -> usize {
+        self.shared.accepted.load(Ordering::Relaxed)
     }
 
     /// How many armed faults have fired so far.

@@ -16,13 +16,11 @@
 
 use std::time::{Duration, SystemTime};
 
-use diesel::sql_types::Double;
-
 pub use crate::error::AlreadyCommitted;
 use crate::error::{BuildError, Error};
 pub use crate::plan::{DEFAULT_TABLE, IdempotencyKey};
 use crate::plan::{ddl, purge_sql};
-use crate::run::{Batch, read_marker};
+use crate::run::{maintenance, read_marker};
 use crate::wire::Acquire;
 
 /// Whether the batch with a given key committed.
@@ -55,11 +53,7 @@ pub fn create_table_sql(table: &str) -> Result<String, BuildError> {
 ///
 /// As for [`Batch::run`](crate::Batch::run), and [`Error::Invalid`] for a bad name.
 pub async fn install<A: Acquire>(target: A, table: &str) -> Result<(), Error> {
-    let mut batch = Batch::new();
-    for statement in ddl(table).map_err(invalid)? {
-        batch.push(diesel::sql_query(statement));
-    }
-    batch.run(target).await.map(drop)
+    maintenance::run_ddl(target, ddl(table).map_err(invalid)?).await
 }
 
 /// Tells whether the batch with `key` committed: run it on a fresh connection after
@@ -92,11 +86,7 @@ pub async fn resolve<A: Acquire>(target: A, key: &IdempotencyKey) -> Result<Reso
 ///
 /// As for [`Batch::run`](crate::Batch::run).
 pub async fn purge_older_than<A: Acquire>(target: A, table: &str, age: Duration) -> Result<u64, Error> {
-    let sql = purge_sql(table).map_err(invalid)?;
-    let mut batch = Batch::new();
-    let deleted = batch.push(diesel::sql_query(sql).bind::<Double, _>(age.as_secs_f64())).affected();
-    let committed = batch.run(target).await?;
-    Ok(committed.get(&deleted).expect("a row count"))
+    maintenance::delete_older_than(target, purge_sql(table).map_err(invalid)?, age).await
 }
 
 fn invalid(source: BuildError) -> Error {

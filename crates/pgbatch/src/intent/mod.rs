@@ -42,14 +42,14 @@ mod sweep;
 
 use std::time::{Duration, SystemTime};
 
-use diesel::sql_types::{Double, Text};
+use diesel::sql_types::Text;
 use uuid::Uuid;
 
 use crate::error::{BuildError, Cause, Error, SqlState, StatementFailure};
 use crate::plan::{Fragment, One};
-use crate::run::Batch;
+use crate::run::maintenance;
 use crate::wire::Acquire;
-use sql::IntentSql;
+use sql::{Finish, IntentSql};
 pub use sweep::{Decision, SweepOptions, SweepReport};
 
 /// The intent table's default name.
@@ -161,13 +161,9 @@ impl Intents {
     ///
     /// # Errors
     ///
-    /// As for [`Batch::run`].
+    /// As for [`Batch::run`](crate::Batch::run).
     pub async fn install<A: Acquire>(&self, target: A) -> Result<(), Error> {
-        let mut batch = Batch::new();
-        for statement in self.sql.ddl() {
-            batch.push(diesel::sql_query(statement));
-        }
-        batch.run(target).await.map(drop)
+        maintenance::run_ddl(target, self.sql.ddl()).await
     }
 
     /// Records an intent, pending: a fragment to append to the batch of the request that
@@ -205,23 +201,23 @@ impl Intents {
     /// [`IntentError::AlreadyCompleted`]; a cancelled one fails with
     /// [`IntentError::Cancelled`], an unknown one with [`IntentError::NotFound`].
     pub fn complete(&self, kind: &str, key: &str) -> Fragment<IntentError> {
-        self.finish(kind, key, "done")
+        self.finish(kind, key, Finish::Done)
     }
 
     /// Cancels a pending intent (its effect was undone, or never happened): a fragment.
     /// Fails as [`complete`](Self::complete) does.
     pub fn cancel(&self, kind: &str, key: &str) -> Fragment<IntentError> {
-        self.finish(kind, key, "cancelled")
+        self.finish(kind, key, Finish::Cancelled)
     }
 
-    fn finish(&self, kind: &str, key: &str, state: &str) -> Fragment<IntentError> {
+    fn finish(&self, kind: &str, key: &str, finish: Finish) -> Fragment<IntentError> {
         let bound = |statement: String| {
             diesel::sql_query(statement).bind::<Text, _>(kind.to_owned()).bind::<Text, _>(key.to_owned())
         };
         let mut fragment = Fragment::new();
-        fragment.guard_exists(bound(self.sql.exists(None))).label(labels::EXISTS);
-        fragment.guard_not_exists(bound(self.sql.exists(Some("cancelled")))).label(labels::NOT_CANCELLED);
-        fragment.push(bound(self.sql.finish(state))).label(labels::PENDING).expect_rows(1);
+        fragment.guard_exists(bound(self.sql.exists())).label(labels::EXISTS);
+        fragment.guard_not_exists(bound(self.sql.cancelled())).label(labels::NOT_CANCELLED);
+        fragment.push(bound(self.sql.finish(finish))).label(labels::PENDING).expect_rows(1);
         let (kind, key) = (kind.to_owned(), key.to_owned());
         fragment.map_failure(move |failure| map_finish(failure, &kind, &key))
     }
@@ -230,11 +226,9 @@ impl Intents {
     ///
     /// # Errors
     ///
-    /// As for [`Batch::run`].
+    /// As for [`Batch::run`](crate::Batch::run).
     pub async fn purge_older_than<A: Acquire>(&self, target: A, age: Duration) -> Result<u64, Error> {
-        let mut batch = Batch::new();
-        let deleted = batch.push(diesel::sql_query(self.sql.purge()).bind::<Double, _>(age.as_secs_f64())).affected();
-        Ok(batch.run(target).await?.get(&deleted).unwrap_or(0))
+        maintenance::delete_older_than(target, self.sql.purge(), age).await
     }
 }
 

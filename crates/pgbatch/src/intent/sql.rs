@@ -3,6 +3,24 @@
 use crate::error::BuildError;
 use crate::plan::quote_table;
 
+/// The state a pending intent finishes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// Its effect happened and the rows it implies were written.
+    Done,
+    /// Its effect was undone or never happened.
+    Cancelled,
+}
+
+impl Finish {
+    fn state(self) -> &'static str {
+        match self {
+            Finish::Done => "done",
+            Finish::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// The intent table's name and its SQL.
 #[derive(Debug, Clone)]
 pub(crate) struct IntentSql {
@@ -50,27 +68,32 @@ impl IntentSql {
         format!("INSERT INTO {} (kind, key, payload) VALUES ($1, $2, CAST($3 AS jsonb)) RETURNING id", self.table)
     }
 
-    /// A row when the intent `$1`, `$2` exists (in `state`, when given).
-    pub(crate) fn exists(&self, state: Option<&str>) -> String {
-        let state = state.map(|s| format!(" AND state = '{s}'")).unwrap_or_default();
-        format!("SELECT id FROM {} WHERE kind = $1 AND key = $2{state}", self.table)
+    /// A row when the intent `$1`, `$2` exists.
+    pub(crate) fn exists(&self) -> String {
+        format!("SELECT id FROM {} WHERE kind = $1 AND key = $2", self.table)
     }
 
-    /// Moves the pending intent `$1`, `$2` to `state`.
-    pub(crate) fn finish(&self, state: &str) -> String {
-        format!(
-            "UPDATE {} SET state = '{state}', updated_at = now(), claim = NULL, claimed_until = NULL \
-             WHERE kind = $1 AND key = $2 AND state = 'pending'",
-            self.table
-        )
+    /// A row when the intent `$1`, `$2` was cancelled.
+    pub(crate) fn cancelled(&self) -> String {
+        format!("SELECT id FROM {} WHERE kind = $1 AND key = $2 AND state = 'cancelled'", self.table)
     }
 
-    /// Moves the pending intent `$1` still claimed by `$2` to `state`.
-    pub(crate) fn finish_claimed(&self, state: &str) -> String {
+    /// Moves the pending intent `$1`, `$2` to `finish`.
+    pub(crate) fn finish(&self, finish: Finish) -> String {
+        self.finish_where(finish, "kind = $1 AND key = $2")
+    }
+
+    /// Moves the pending intent `$1` still claimed by `$2` to `finish`.
+    pub(crate) fn finish_claimed(&self, finish: Finish) -> String {
+        self.finish_where(finish, "id = $1 AND claim = $2")
+    }
+
+    fn finish_where(&self, finish: Finish, which: &str) -> String {
         format!(
-            "UPDATE {} SET state = '{state}', updated_at = now(), claim = NULL, claimed_until = NULL \
-             WHERE id = $1 AND claim = $2 AND state = 'pending'",
-            self.table
+            "UPDATE {} SET state = '{}', updated_at = now(), claim = NULL, claimed_until = NULL \
+             WHERE {which} AND state = 'pending'",
+            self.table,
+            finish.state()
         )
     }
 
@@ -108,10 +131,10 @@ mod tests {
         let sql = IntentSql::new("ops.intents").unwrap();
         let statements = sql.ddl().into_iter().chain([
             sql.record(),
-            sql.exists(None),
-            sql.exists(Some("cancelled")),
-            sql.finish("done"),
-            sql.finish_claimed("cancelled"),
+            sql.exists(),
+            sql.cancelled(),
+            sql.finish(Finish::Done),
+            sql.finish_claimed(Finish::Cancelled),
             sql.release(),
             sql.claim(),
             sql.purge(),

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use diesel::sql_types::{Double, Integer, Text};
 use uuid::Uuid;
 
+use super::sql::Finish;
 use super::{Intent, Intents};
 use crate::error::{Cause, Error};
 use crate::plan::Fragment;
@@ -164,8 +165,10 @@ impl Intents {
             };
             let (id, kind, attempts) = (intent.id, intent.kind.clone(), intent.attempts);
             let outcome = match decide(intent).await {
-                Decision::RollForward(fragment) => self.finish_claimed(pool, id, claim, "done", fragment).await,
-                Decision::Compensate(fragment) => self.finish_claimed(pool, id, claim, "cancelled", fragment).await,
+                Decision::RollForward(fragment) => self.finish_claimed(pool, id, claim, Finish::Done, fragment).await,
+                Decision::Compensate(fragment) => {
+                    self.finish_claimed(pool, id, claim, Finish::Cancelled, fragment).await
+                }
                 Decision::Later => Finished::Later,
             };
             if matches!(outcome, Finished::Later | Finished::Failed) {
@@ -190,13 +193,13 @@ impl Intents {
         pool: &bb8::Pool<ConnectionManager>,
         id: Uuid,
         claim: Uuid,
-        state: &str,
+        finish: Finish,
         fragment: Fragment,
     ) -> Finished {
         let mut batch = Batch::new();
         batch
             .push(
-                diesel::sql_query(self.sql.finish_claimed(state))
+                diesel::sql_query(self.sql.finish_claimed(finish))
                     .bind::<diesel::sql_types::Uuid, _>(id)
                     .bind::<diesel::sql_types::Uuid, _>(claim),
             )
@@ -204,7 +207,7 @@ impl Intents {
             .expect_rows(1);
         batch.append(fragment);
         match batch.run(pool).await {
-            Ok(_) if state == "done" => Finished::Done,
+            Ok(_) if finish == Finish::Done => Finished::Done,
             Ok(_) => Finished::Cancelled,
             Err(Error::Statement(failure)) if matches!(failure.cause(), Cause::GuardFailed(g) if g.label() == Some(CLAIM_HELD)) => {
                 Finished::Lost

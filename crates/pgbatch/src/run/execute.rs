@@ -39,6 +39,7 @@ impl<E> Batch<E> {
     /// fragment maps it), naming the statement.
     pub async fn run<A: Acquire>(&self, target: A) -> Result<Committed, Error<E>> {
         let statements = self.wire_statements()?;
+        let touches_session = statements.iter().any(|s| s.sql.touches_session);
         let span = tracing::debug_span!(
             "pgbatch.run",
             statements = self.len(),
@@ -61,7 +62,7 @@ impl<E> Batch<E> {
                     (true, TxStatus::Idle) => Restart::First,
                     (true, _) => Restart::Again,
                 };
-                let result = self.run_once(connection, &statements, attempt, restart).await;
+                let result = self.run_once(connection, &statements, touches_session, attempt, restart).await;
                 let span = tracing::Span::current();
                 span.record("attempt", attempt);
                 span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
@@ -71,7 +72,7 @@ impl<E> Batch<E> {
                     let connection = lease_of(&mut lease);
                     if !retries {
                         connection.end_transaction().await;
-                        if statements.iter().any(|s| s.sql.touches_session) {
+                        if touches_session {
                             connection.reset().await;
                         }
                     }
@@ -129,6 +130,7 @@ impl<E> Batch<E> {
         &self,
         connection: &mut Connection,
         statements: &[&Statement],
+        touches_session: bool,
         attempt: u32,
         restart: Restart,
     ) -> Result<Committed, Error<E>> {
@@ -136,9 +138,7 @@ impl<E> Batch<E> {
         let verdict = self.verdict(End::Commit, attempt);
         let begin = self.begin_sql();
         let begin = (restart != Restart::Again).then_some(&*begin);
-        let exchange = Exchange::new(begin, statements, End::Commit)
-            .reset_session(statements.iter().any(|s| s.sql.touches_session))
-            .restart(restart);
+        let exchange = Exchange::new(begin, statements, End::Commit).reset_session(touches_session).restart(restart);
         let answers = connection.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
         let result = verdict.judge(answers).map(|results| Committed::new(results, attempt));
         if let Some(observer) = &connection.session().observer {

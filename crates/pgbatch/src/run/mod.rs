@@ -3,6 +3,7 @@
 
 mod batch;
 mod execute;
+pub(crate) mod maintenance;
 mod settle;
 
 pub use batch::Batch;
