@@ -146,21 +146,22 @@ impl Harness {
         let tables = ["account", "note", "audit", "feeling"];
         let mut out = String::new();
         for table in tables {
-            let row = self
-                .client
-                .query_one(
-                    &format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t::text), '') FROM {table} t"),
-                    &[],
-                )
-                .await
-                .expect("snapshot");
-            out.push_str(&format!("{table}: {}\n", row.get::<_, String>(0)));
+            let rows = self
+                .value(&format!("SELECT coalesce(string_agg(t::text, ';' ORDER BY t::text), '') FROM {table} t"))
+                .await;
+            out.push_str(&format!("{table}: {rows}\n"));
         }
         out
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client.query_one(sql, &[]).await.expect("count").get(0)
+        self.value(sql).await.parse().expect("a count")
+    }
+
+    /// The one value `sql` returns, as text. A simple query: no named statement, so it
+    /// also works through a transaction-pooling PgBouncer.
+    pub async fn value(&self, sql: &str) -> String {
+        pgbatch_testing::query_value(&self.client, sql).await.expect(sql).unwrap_or_default()
     }
 
     /// Backends of this database left inside a transaction.

@@ -29,7 +29,7 @@ async fn a_server_that_accepts_but_never_answers_times_out() {
 async fn pool_to(config: tokio_postgres::Config) -> Pool {
     bb8::Pool::builder()
         .max_size(1)
-        .connection_timeout(Duration::from_millis(500))
+        .connection_timeout(Duration::from_millis(2000))
         .build_unchecked(pgbatch::ConnectionManager::new(config))
 }
 
@@ -58,8 +58,9 @@ async fn a_pool_that_cannot_connect_reports_the_last_connection_error() {
         };
         match name {
             "refused port" => assert!(matches!(**cause, ConnectError::Io { .. }), "{name}: {cause}"),
+            // PostgreSQL says 3D000; PgBouncer passes the message on under 08P01.
             _ => assert!(
-                matches!(&**cause, ConnectError::Server { error, .. } if error.code().code() == "3D000"),
+                matches!(&**cause, ConnectError::Server { error, .. } if error.message().contains("pgbatch_no_such_database")),
                 "{name}: {cause}"
             ),
         }

@@ -57,3 +57,60 @@ async fn a_recreated_type_is_found_again_after_clearing_the_cache() {
     let committed = batch.run(&mut connection).await.unwrap();
     assert_eq!(committed.get(&inserted).unwrap(), (1, Mood::Curious));
 }
+
+/// Many new connections at once (each looks the enum up), with the enum in binds and
+/// returned rows, or only in returned rows. Behind a transaction-pooling PgBouncer their
+/// lookups and batches share fewer server connections than there are clients: every batch
+/// must commit, and every reported outcome must match what the server holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enums_on_many_new_connections_at_once_all_commit_and_are_reported_truly() {
+    const CONNECTIONS: usize = 16;
+    const BATCHES: usize = 10;
+    let h = Harness::new().await;
+    h.client.batch_execute("INSERT INTO feeling (account_id, mood) VALUES (1, 'happy')").await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..CONNECTIONS {
+        let url = h.db.url();
+        tasks.spawn(async move {
+            let mut connection = Connection::connect(&url).await.expect("a connection");
+            let mut outcomes = Vec::new();
+            for round in 0..BATCHES {
+                let tag = format!("client {client} batch {round}");
+                let mut batch = Batch::new();
+                batch.push(insert_note(1, &tag));
+                let result = if round % 2 == 0 {
+                    let inserted = batch
+                        .push(
+                            diesel::insert_into(feeling::table)
+                                .values((feeling::account_id.eq(1), feeling::mood.eq(Mood::Sad)))
+                                .returning(feeling::mood),
+                        )
+                        .one();
+                    batch.run(&mut connection).await.map(|committed| committed.get(&inserted).ok() == Some(Mood::Sad))
+                } else {
+                    let first = batch.push(feeling::table.select(feeling::mood).order(feeling::id).limit(1)).one();
+                    batch.run(&mut connection).await.map(|committed| committed.get(&first).ok() == Some(Mood::Happy))
+                };
+                outcomes.push((tag, result.map_err(|error| (error.may_have_committed(), error.to_string()))));
+            }
+            outcomes
+        });
+    }
+    let (mut failures, mut misreports) = (Vec::new(), Vec::new());
+    for outcome in tasks.join_all().await.into_iter().flatten() {
+        let (tag, result) = outcome;
+        let rows = h.count(&format!("SELECT count(*) FROM note WHERE body = '{tag}'")).await;
+        match result {
+            Ok(decoded) if rows == 1 && decoded => {}
+            Ok(decoded) => misreports.push(format!("{tag}: reported committed, rows {rows}, rows decoded {decoded}")),
+            Err((may_have_committed, error)) => {
+                if rows == 1 && !may_have_committed {
+                    misreports.push(format!("{tag}: reported not committed, but committed: {error}"));
+                }
+                failures.push(format!("{tag}: {error}"));
+            }
+        }
+    }
+    assert_eq!((failures.len(), misreports.len()), (0, 0), "failures: {failures:#?}\nmisreports: {misreports:#?}");
+    assert_eq!(h.count("SELECT count(*) FROM note").await, (CONNECTIONS * BATCHES) as i64);
+}

@@ -99,6 +99,30 @@ pub fn thread_cpu() -> Result<Duration, String> {
     Ok(Duration::from_nanos(nanos))
 }
 
+/// `docs/benchmarks.md`, which `compare` writes and other binaries add sections to.
+pub const BENCHMARKS_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks.md");
+
+/// The section of `docs/benchmarks.md` that the `pgbouncer` binary writes.
+pub const PGBOUNCER_SECTION: &str = "pgbouncer";
+
+/// The section named `name` of `doc` (between `<!-- name -->` and `<!-- /name -->`), markers
+/// included: what one binary wrote, for another to keep when it rewrites the rest.
+pub fn section<'d>(doc: &'d str, name: &str) -> Option<&'d str> {
+    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
+    let start = doc.find(&open)?;
+    let end = start + doc[start..].find(&close)? + close.len();
+    Some(&doc[start..end])
+}
+
+/// `doc` with its section `name` replaced by `body` (appended when it has none).
+pub fn with_section(doc: &str, name: &str, body: &str) -> String {
+    let section_text = format!("<!-- {name} -->\n{}\n<!-- /{name} -->", body.trim_end());
+    match section(doc, name) {
+        Some(old) => doc.replacen(old, &section_text, 1),
+        None => format!("{}\n\n{section_text}\n", doc.trim_end()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +135,14 @@ mod tests {
         assert_eq!(quantile(&values, 0.99), ms(5));
         assert_eq!(quantile(&values, 0.0), ms(1));
         assert!((effective_round_trips(ms(25), ms(5), ms(10)) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_section_is_replaced_in_place_and_appended_once() {
+        let doc = with_section("# B\n\ntext", "extra", "first");
+        assert_eq!(doc, "# B\n\ntext\n\n<!-- extra -->\nfirst\n<!-- /extra -->\n");
+        let doc = with_section(&doc, "extra", "second\n");
+        assert_eq!(section(&doc, "extra"), Some("<!-- extra -->\nsecond\n<!-- /extra -->"));
+        assert_eq!(doc.matches("<!-- extra -->").count(), 1);
     }
 }

@@ -311,6 +311,22 @@ impl LocalCluster {
         std::fs::write(&path, hba)
             .map_err(|source| ClusterError::Io { what: format!("writing {}", path.display()), source })?;
         self.runner.own(&path)?;
+        self.reload()
+    }
+
+    /// Replaces the server settings given at [`start`](Self::start) with `settings`, and
+    /// reloads them: for settings a reload applies (`ssl` and its files, for example).
+    /// Like every reload, it takes effect a moment later, for new connections.
+    ///
+    /// # Errors
+    ///
+    /// When the settings cannot be written or the server not reloaded.
+    pub fn reconfigure(&self, settings: &[(&str, &str)]) -> Result<(), ClusterError> {
+        self.write_settings(settings)?;
+        self.reload()
+    }
+
+    fn reload(&self) -> Result<(), ClusterError> {
         let mut reload = self.runner.command(&self.binaries.bin("pg_ctl"));
         reload.arg("-D").arg(&self.dir).arg("reload");
         self.runner.run(reload)

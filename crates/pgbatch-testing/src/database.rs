@@ -69,7 +69,7 @@ pub enum SetupError {
 
 /// An error and its sources on one line: tokio-postgres puts the cause (connection
 /// refused, authentication failed) in the source, not in its own message.
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -310,12 +310,12 @@ fn libpq_config() -> Config {
 /// its databases could be dropped).
 async fn drop_abandoned_databases(server: &Server) {
     let Ok(client) = connect(&server.admin).await else { return };
-    let Ok(rows) = client.query("SELECT datname FROM pg_database WHERE datname LIKE 'pgbatch\\_test\\_%'", &[]).await
+    let Ok(rows) =
+        crate::query_rows(&client, "SELECT datname FROM pg_database WHERE datname LIKE 'pgbatch\\_test\\_%'").await
     else {
         return;
     };
-    for row in rows {
-        let name: String = row.get(0);
+    for name in rows.into_iter().filter_map(|row| row.into_iter().next().flatten()) {
         let pid = name.trim_start_matches("pgbatch_test_").split('_').next().and_then(|p| p.parse::<u32>().ok());
         let abandoned = pid.is_some_and(|pid| {
             pid != std::process::id()

@@ -1,5 +1,25 @@
-//! Test support for code that uses pgbatch: a fresh PostgreSQL database per test, and a
-//! TCP proxy that delays traffic or cuts connections at chosen moments.
+//! Test support for code that uses pgbatch: a fresh PostgreSQL database per test, with a
+//! schema and a pool ready, and a TCP proxy that delays traffic or cuts connections at
+//! chosen moments.
+//!
+//! # A service's integration test
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use pgbatch_testing::{TestDatabase, query_value};
+//!
+//! let db = TestDatabase::create().await?; // dropped (with its data) after the test
+//! db.run_migrations(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).await?; // or run_sql_files
+//! let pool = db.pool(4).await?; // bb8::Pool<pgbatch::ConnectionManager>
+//! // ... run the code under test with `pool`, then look at what it left:
+//! let client = db.connect().await?;
+//! let count = query_value(&client, "SELECT count(*) FROM project").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! `query_value` and `query_rows` use simple queries, so the same checks also run through a
+//! transaction-pooling PgBouncer (`DATABASE_URL` pointing at it); a plain tokio-postgres
+//! `query` prepares a named statement, which PgBouncer 1.18 may route elsewhere.
 //!
 //! # Finding PostgreSQL
 //!
@@ -34,8 +54,12 @@
 
 mod cluster;
 mod database;
+mod inspect;
 mod proxy;
+mod schema;
 
 pub use cluster::{ClusterError, LocalCluster};
 pub use database::{ServerSource, SetupError, TestDatabase};
+pub use inspect::{query_rows, query_value};
 pub use proxy::{Fault, Proxy, ProxyBuilder};
+pub use schema::SchemaError;

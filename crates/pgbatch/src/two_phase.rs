@@ -5,6 +5,10 @@
 
 use std::marker::PhantomData;
 use std::ops::DerefMut;
+use std::time::Instant;
+
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::error::{Error, ResultError};
 use crate::outcome::{Committed, EndVerdict};
@@ -27,16 +31,38 @@ impl<E> Batch<E> {
     /// As for [`run`](Self::run); a failure in the first round trip rolls back before it
     /// is returned (one more round trip, on that path only).
     pub async fn prepare<A: Acquire>(&self, target: A) -> Result<Prepared<A::Lease, E>, Error<E>> {
-        let statements = self.wire_statements()?;
-        let mut lease = target.acquire().await.map_err(Error::Pool)?;
-        let begin = self.begin_sql();
-        let reset_session = statements.iter().any(|s| s.sql.touches_session);
-        let exchange = Exchange::new(Some(&begin), &statements, End::Open);
-        let verdict = self.verdict(End::Open, 1);
-        let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
-        let results = verdict.judge(answers)?;
-        let ending = self.verdict(End::Open, 1).end_verdict();
-        Ok(Prepared { lease, results: Some(results), open: true, reset_session, ending, domain: PhantomData })
+        let span = tracing::debug_span!(
+            "pgbatch.prepare",
+            statements = self.len(),
+            labels = %self.label_summary(),
+            round_trip_ms = Empty,
+            outcome = Empty,
+            error = Empty,
+        );
+        let started = Instant::now();
+        let prepared: Result<Prepared<A::Lease, E>, Error<E>> = async {
+            let statements = self.wire_statements()?;
+            let mut lease = target.acquire().await.map_err(Error::Pool)?;
+            let begin = self.begin_sql();
+            let reset_session = statements.iter().any(|s| s.sql.touches_session);
+            let exchange = Exchange::new(Some(&begin), &statements, End::Open);
+            let verdict = self.verdict(End::Open, 1);
+            let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
+            let results = verdict.judge(answers)?;
+            let ending = self.verdict(End::Open, 1).end_verdict();
+            Ok(Prepared { lease, results: Some(results), open: true, reset_session, ending, domain: PhantomData })
+        }
+        .instrument(span.clone())
+        .await;
+        span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
+        match &prepared {
+            // The transaction waits for the caller's decision.
+            Ok(_) => {
+                span.record("outcome", "open");
+            }
+            Err(error) => error.record_on(&span),
+        }
+        prepared
     }
 }
 
@@ -119,12 +145,28 @@ where
     }
 
     async fn end(&mut self, end: End) -> Result<(), Error<E>> {
+        let (decision, decided) = match end {
+            End::Commit => ("commit", "committed"),
+            _ => ("rollback", "rolled_back"),
+        };
+        let span =
+            tracing::debug_span!("pgbatch.decide", decision, round_trip_ms = Empty, outcome = Empty, error = Empty);
+        let started = Instant::now();
         let exchange = Exchange::new(None, &[], end).reset_session(self.reset_session);
         // Sent or refused: either way there is nothing left to roll back from Drop.
         self.open = false;
-        let answers =
-            self.lease.exchange(&exchange).await.map_err(|reason| crate::outcome::not_sent(reason, |_| None))?;
-        self.ending.judge(end, answers.ending)
+        let ended = match self.lease.exchange(&exchange).instrument(span.clone()).await {
+            Ok(answers) => self.ending.judge(end, answers.ending),
+            Err(reason) => Err(crate::outcome::not_sent(reason, |_| None)),
+        };
+        span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
+        match &ended {
+            Ok(()) => {
+                span.record("outcome", decided);
+            }
+            Err(error) => error.record_on(&span),
+        }
+        ended
     }
 }
 

@@ -23,7 +23,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use pgbatch_bench::contenders::{BoxError, Clients, Contender, diesel_transaction, plain};
 use pgbatch_bench::report::{Cpu, HotRow, Latency, Report};
 use pgbatch_bench::workload::{EXTRA_SCHEMA, NoCustomTypes, Workload, hot_row};
-use pgbatch_bench::{Setup, quantile, thread_cpu};
+use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, section, thread_cpu};
 use pgbatch_scenarios::schema::project;
 use pgbatch_scenarios::seed::{Quotas, seed};
 use uuid::Uuid;
@@ -359,7 +359,19 @@ async fn main() -> ExitCode {
     println!("{}", report.hot_row_table());
     println!("{}", report.cpu_table());
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs");
-    let written = std::fs::write(format!("{docs}/benchmarks.md"), report.markdown())
+    // Sections other binaries wrote (PgBouncer's figure) stay.
+    let previous = std::fs::read_to_string(BENCHMARKS_MD).unwrap_or_default();
+    let markdown = match section(&previous, PGBOUNCER_SECTION) {
+        Some(kept) => format!(
+            "{}
+
+{kept}
+",
+            report.markdown().trim_end()
+        ),
+        None => report.markdown(),
+    };
+    let written = std::fs::write(BENCHMARKS_MD, markdown)
         .and_then(|()| std::fs::write(format!("{docs}/benchmarks.svg"), report.svg()));
     if let Err(error) = written {
         eprintln!("compare: could not write docs/benchmarks.md: {error}");

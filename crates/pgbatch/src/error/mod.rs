@@ -186,6 +186,22 @@ impl<E> Error<E> {
         self.cause().is_some_and(Cause::is_transient)
     }
 
+    /// What became of the batch, as one word a log query can filter on: `not_committed`,
+    /// `already_committed` or `unknown` (a committed run logs `committed`).
+    pub(crate) fn outcome_name(&self) -> &'static str {
+        match self {
+            Error::OutcomeUnknown(_) => "unknown",
+            Error::AlreadyCommitted(_) => "already_committed",
+            _ => "not_committed",
+        }
+    }
+
+    /// Records this error on `span`'s `outcome` and `error` fields.
+    pub(crate) fn record_on(&self, span: &tracing::Span) {
+        span.record("outcome", self.outcome_name());
+        span.record("error", tracing::field::display(self.log_summary()));
+    }
+
     /// The error for logs: no server messages, no values.
     pub(crate) fn log_summary(&self) -> LogSummary<'_, E> {
         LogSummary(self)

@@ -47,6 +47,8 @@ impl<E> Batch<E> {
             attempt = Empty,
             round_trip_ms = Empty,
             outcome = Empty,
+            settled = Empty,
+            error = Empty,
         );
         async move {
             // A pool can lend another connection: the one to settle an unknown outcome on.
@@ -79,7 +81,8 @@ impl<E> Batch<E> {
                 }
                 let error = match result {
                     Ok(committed) => {
-                        span.record("outcome", if settled { "committed after settling" } else { "committed" });
+                        span.record("outcome", "committed");
+                        span.record("settled", settled);
                         return Ok(if settled { committed.settled() } else { committed });
                     }
                     Err(error) => error,
@@ -97,8 +100,10 @@ impl<E> Batch<E> {
                         let mut connection = fresh.acquire().await.map_err(Error::Pool)?;
                         match settle::<E>(cancel.as_ref(), &mut connection, key).await {
                             Settled::Committed(already) => {
-                                span.record("outcome", "committed (settled)");
-                                return Err(Error::AlreadyCommitted(already));
+                                let error = Error::AlreadyCommitted(already);
+                                error.record_on(&span);
+                                span.record("settled", true);
+                                return Err(error);
                             }
                             Settled::NotCommitted if attempt < policy.attempts() => {
                                 tracing::info!(attempt, "outcome settled as not committed: replaying batch");
@@ -112,7 +117,7 @@ impl<E> Batch<E> {
                     _ => error,
                 };
                 if !(error.is_transient() && attempt < policy.attempts()) {
-                    span.record("outcome", tracing::field::display(error.log_summary()));
+                    error.record_on(&span);
                     return Err(error);
                 }
                 let delay = policy.delay(attempt);

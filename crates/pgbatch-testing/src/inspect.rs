@@ -1,0 +1,40 @@
+//! Looking at what a server holds with simple queries: text results, no named statements,
+//! so the same checks run directly and through a transaction-pooling PgBouncer (where a
+//! statement prepared in one transaction may be gone in the next).
+
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Every row `sql` returns, each as its columns' text (`None` for NULL).
+///
+/// # Errors
+///
+/// The server's error for `sql`, or a lost connection.
+pub async fn query_rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => {
+                Some((0..row.len()).map(|index| row.get(index).map(str::to_owned)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// The first column of the first row `sql` returns, as text; `None` when there is no row
+/// or the value is NULL.
+///
+/// ```no_run
+/// # async fn example(client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+/// let count = pgbatch_testing::query_value(client, "SELECT count(*) FROM pg_class").await?;
+/// assert!(count.is_some());
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+///
+/// The server's error for `sql`, or a lost connection.
+pub async fn query_value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    Ok(query_rows(client, sql).await?.into_iter().next().and_then(|row| row.into_iter().next().flatten()))
+}
