@@ -167,6 +167,7 @@ async fn unknown_outcomes_settle(node: &tokio_postgres::Config) {
     let proxy = pgbatch_testing::Proxy::builder(address).start().await.unwrap();
     let mut proxied = tokio_postgres::Config::new();
     proxied.host("127.0.0.1").port(proxy.addr().port()).user("root").dbname(config.get_dbname().unwrap());
+    proxied.ssl_mode(tokio_postgres::config::SslMode::Disable);
     let pool: Pool = bb8::Pool::builder().max_size(2).build(ConnectionManager::new(proxied)).await.unwrap();
     idempotency::install(&pool, idempotency::DEFAULT_TABLE).await.unwrap();
     drop(pool.get().await.unwrap());

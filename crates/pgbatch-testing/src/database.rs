@@ -185,9 +185,12 @@ impl TestDatabase {
 
     /// This database's configuration with `proxy` as its only host. (Cloning
     /// [`config`](Self::config) and calling `host()` would add a host, not replace it.)
+    /// TLS is disabled (`sslmode=disable`): the proxy reads the protocol's messages to
+    /// place its faults, which it cannot do in an encrypted stream.
     pub fn config_via(&self, proxy: &Proxy) -> Config {
         let mut config = Config::new();
         config.host(proxy.addr().ip().to_string()).port(proxy.addr().port()).dbname(&self.name);
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         if let Some(user) = self.config.get_user() {
             config.user(user);
         }
@@ -371,7 +374,11 @@ fn url_of(config: &Config) -> String {
     let password =
         config.get_password().map(|p| format!(":{}", encode(&String::from_utf8_lossy(p)))).unwrap_or_default();
     let dbname = config.get_dbname().map(encode).unwrap_or_default();
-    format!("postgres://{user}{password}@{host}:{port}/{dbname}")
+    let options = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "?sslmode=disable",
+        _ => "",
+    };
+    format!("postgres://{user}{password}@{host}:{port}/{dbname}{options}")
 }
 
 #[cfg(test)]
@@ -383,5 +390,7 @@ mod tests {
         let mut config = Config::new();
         config.host("127.0.0.1").port(5433).user("post gres").password("p@ss").dbname("db");
         assert_eq!(url_of(&config), "postgres://post%20gres:p%40ss@127.0.0.1:5433/db");
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        assert_eq!(url_of(&config), "postgres://post%20gres:p%40ss@127.0.0.1:5433/db?sslmode=disable");
     }
 }

@@ -121,15 +121,16 @@ mod rustls_setup {
             }
             _ => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match roots {
-            None => Arc::new(AnyCertificate(provider.signature_verification_algorithms)),
-            Some(roots) => {
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        let algorithms = provider.signature_verification_algorithms;
+        let chain = match roots {
+            None => None,
+            Some(roots) => Some(
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
-                    .map_err(|e| config_error(e.to_string()))?;
-                if mode == SslMode::VerifyFull { webpki } else { Arc::new(AnyHostName(webpki)) }
-            }
+                    .map_err(|e| config_error(e.to_string()))?,
+            ),
         };
+        let verifier = Arc::new(LibpqVerifier { chain, host_name: mode == SslMode::VerifyFull, algorithms });
         Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
     }
 
@@ -203,51 +204,19 @@ mod rustls_setup {
         Ok(roots)
     }
 
-    /// `prefer` and `require` without roots: encrypt, trust any certificate (as libpq does),
-    /// but still check that the server holds the key of the certificate it shows.
+    /// The server certificate check of each libpq mode: none at all (`prefer`, `require`
+    /// without roots: encrypt and trust any certificate, as libpq does), the chain only
+    /// (`verify-ca`, or `require` with roots), or the chain and the host name
+    /// (`verify-full`). The handshake's signatures are always checked, so the server must
+    /// hold the key of the certificate it shows.
     #[derive(Debug)]
-    struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-    impl ServerCertVerifier for AnyCertificate {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, TlsError> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, TlsError> {
-            tokio_rustls::rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, TlsError> {
-            tokio_rustls::rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_schemes()
-        }
+    struct LibpqVerifier {
+        chain: Option<Arc<WebPkiServerVerifier>>,
+        host_name: bool,
+        algorithms: WebPkiSupportedAlgorithms,
     }
 
-    /// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-    #[derive(Debug)]
-    struct AnyHostName(Arc<WebPkiServerVerifier>);
-
-    impl ServerCertVerifier for AnyHostName {
+    impl ServerCertVerifier for LibpqVerifier {
         fn verify_server_cert(
             &self,
             end_entity: &CertificateDer<'_>,
@@ -256,11 +225,12 @@ mod rustls_setup {
             ocsp_response: &[u8],
             now: UnixTime,
         ) -> Result<ServerCertVerified, TlsError> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+            match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
                 Err(TlsError::InvalidCertificate(
                     CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                )) => Ok(ServerCertVerified::assertion()),
-                other => other,
+                )) if !self.host_name => Ok(ServerCertVerified::assertion()),
+                verified => verified,
             }
         }
 
@@ -270,7 +240,7 @@ mod rustls_setup {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, TlsError> {
-            self.0.verify_tls12_signature(message, cert, dss)
+            tokio_rustls::rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
         }
 
         fn verify_tls13_signature(
@@ -279,11 +249,11 @@ mod rustls_setup {
             cert: &CertificateDer<'_>,
             dss: &DigitallySignedStruct,
         ) -> Result<HandshakeSignatureValid, TlsError> {
-            self.0.verify_tls13_signature(message, cert, dss)
+            tokio_rustls::rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
         }
 
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
+            self.algorithms.supported_schemes()
         }
     }
 }
