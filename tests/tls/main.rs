@@ -193,3 +193,29 @@ async fn disable_is_refused_by_the_server() {
     assert_eq!(server_error.code().code(), "28000", "{error}");
     assert!(server_error.message().contains("no encryption"), "{error}");
 }
+
+/// A two-phase batch dropped undecided queues its `ROLLBACK` without waiting; over TLS that
+/// message passes through the TLS layer's own buffer, and must still reach the server before
+/// the connection's next batch: the dropped transaction's row is never seen.
+#[tokio::test]
+async fn a_two_phase_batch_dropped_undecided_over_tls_rolls_back() {
+    let server = server().await;
+    let mut connection = Connection::connect(&server.url("127.0.0.1", "require", None)).await.unwrap();
+    let table = "tls_dropped_two_phase";
+    let mut setup = Batch::new();
+    setup.push(diesel::sql_query(format!("CREATE TABLE {table} (n int)")));
+    setup.run(&mut connection).await.unwrap();
+
+    let mut batch = Batch::new();
+    batch.push(diesel::sql_query(format!("INSERT INTO {table} VALUES (1)")));
+    let prepared = batch.prepare(&mut connection).await.unwrap();
+    drop(prepared);
+
+    let mut check = Batch::new();
+    let rows = check
+        .push(diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(&format!("(SELECT count(*) FROM {table})"))))
+        .one::<i64>();
+    let committed = check.run(&mut connection).await.expect("the connection is clean after the drop");
+    assert_eq!(committed.get(&rows).unwrap(), 0, "the dropped transaction was rolled back");
+    assert!(batch_sees_tls(&mut connection).await);
+}

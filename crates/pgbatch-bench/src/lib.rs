@@ -105,20 +105,29 @@ pub const BENCHMARKS_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs
 /// The section of `docs/benchmarks.md` that the `pgbouncer` binary writes.
 pub const PGBOUNCER_SECTION: &str = "pgbouncer";
 
-/// The section named `name` of `doc` (between `<!-- name -->` and `<!-- /name -->`), markers
-/// included: what one binary wrote, for another to keep when it rewrites the rest.
-pub fn section<'d>(doc: &'d str, name: &str) -> Option<&'d str> {
-    let (open, close) = (format!("<!-- {name} -->"), format!("<!-- /{name} -->"));
-    let start = doc.find(&open)?;
+/// Where the section named `name` of `doc` lies, markers (`<!-- name -->` and
+/// `<!-- /name -->`) included.
+fn section_range(doc: &str, name: &str) -> Option<std::ops::Range<usize>> {
+    let close = format!("<!-- /{name} -->");
+    let start = doc.find(&format!("<!-- {name} -->"))?;
     let end = start + doc[start..].find(&close)? + close.len();
-    Some(&doc[start..end])
+    Some(start..end)
+}
+
+/// The body of the section named `name` of `doc`: what one binary wrote, for another to
+/// keep when it rewrites the rest.
+pub fn section<'d>(doc: &'d str, name: &str) -> Option<&'d str> {
+    let range = section_range(doc, name)?;
+    let open = format!("<!-- {name} -->\n");
+    let close = format!("\n<!-- /{name} -->");
+    doc[range].strip_prefix(&open)?.strip_suffix(&close)
 }
 
 /// `doc` with its section `name` replaced by `body` (appended when it has none).
 pub fn with_section(doc: &str, name: &str, body: &str) -> String {
     let section_text = format!("<!-- {name} -->\n{}\n<!-- /{name} -->", body.trim_end());
-    match section(doc, name) {
-        Some(old) => doc.replacen(old, &section_text, 1),
+    match section_range(doc, name) {
+        Some(range) => format!("{}{section_text}{}", &doc[..range.start], &doc[range.end..]),
         None => format!("{}\n\n{section_text}\n", doc.trim_end()),
     }
 }
@@ -142,7 +151,7 @@ mod tests {
         let doc = with_section("# B\n\ntext", "extra", "first");
         assert_eq!(doc, "# B\n\ntext\n\n<!-- extra -->\nfirst\n<!-- /extra -->\n");
         let doc = with_section(&doc, "extra", "second\n");
-        assert_eq!(section(&doc, "extra"), Some("<!-- extra -->\nsecond\n<!-- /extra -->"));
+        assert_eq!(section(&doc, "extra"), Some("second"));
         assert_eq!(doc.matches("<!-- extra -->").count(), 1);
     }
 }

@@ -48,8 +48,8 @@ impl<E> Batch<E> {
             let exchange = Exchange::new(Some(&begin), &statements, End::Open);
             let verdict = self.verdict(End::Open, 1);
             let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
+            let ending = verdict.end_verdict();
             let results = verdict.judge(answers)?;
-            let ending = self.verdict(End::Open, 1).end_verdict();
             Ok(Prepared { lease, results: Some(results), open: true, reset_session, ending, domain: PhantomData })
         }
         .instrument(span.clone())

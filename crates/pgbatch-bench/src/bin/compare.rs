@@ -23,7 +23,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use pgbatch_bench::contenders::{BoxError, Clients, Contender, diesel_transaction, plain};
 use pgbatch_bench::report::{Cpu, HotRow, Latency, Report};
 use pgbatch_bench::workload::{EXTRA_SCHEMA, NoCustomTypes, Workload, hot_row};
-use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, section, thread_cpu};
+use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, section, thread_cpu, with_section};
 use pgbatch_scenarios::schema::project;
 use pgbatch_scenarios::seed::{Quotas, seed};
 use uuid::Uuid;
@@ -362,13 +362,7 @@ async fn main() -> ExitCode {
     // Sections other binaries wrote (PgBouncer's figure) stay.
     let previous = std::fs::read_to_string(BENCHMARKS_MD).unwrap_or_default();
     let markdown = match section(&previous, PGBOUNCER_SECTION) {
-        Some(kept) => format!(
-            "{}
-
-{kept}
-",
-            report.markdown().trim_end()
-        ),
+        Some(kept) => with_section(&report.markdown(), PGBOUNCER_SECTION, kept),
         None => report.markdown(),
     };
     let written = std::fs::write(BENCHMARKS_MD, markdown)

@@ -13,11 +13,11 @@
 //! Exits with status 1 when either path cannot be reached.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgbatch::Connection;
 use pgbatch_bench::workload::Workload;
-use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, sample, with_section};
+use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, with_section};
 use pgbatch_scenarios::seed::{Quotas, seed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -36,22 +36,24 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
         Connection::connect_with(&config).await.map_err(|e| format!("PgBouncer on port {pgbouncer_port}: {e}"))?
     };
     let mut round = 0;
-    let mut one_batch = async |connection: &mut Connection| -> Result<(), pgbatch::Error> {
+    let mut timed_batch = async |connection: &mut Connection| -> Result<Duration, pgbatch::Error> {
         round += 1;
         let mut batch = pgbatch::Batch::new();
         for statement in Workload::CreateProject.statements(silo, round) {
             statement.push_to(&mut batch);
         }
-        batch.run(connection).await.map(drop)
+        let started = Instant::now();
+        batch.run(connection).await?;
+        Ok(started.elapsed())
     };
     let (mut direct_latencies, mut through_latencies) = (Vec::new(), Vec::new());
     for sample_index in 0..WARMUP + SAMPLES {
         // Interleaved, one of each per sample, so that machine noise hits both alike.
-        let direct_one = sample(0, 1, async || one_batch(&mut direct).await).await?;
-        let through_one = sample(0, 1, async || one_batch(&mut through).await).await?;
+        let direct_one = timed_batch(&mut direct).await?;
+        let through_one = timed_batch(&mut through).await?;
         if sample_index >= WARMUP {
-            direct_latencies.extend(direct_one);
-            through_latencies.extend(through_one);
+            direct_latencies.push(direct_one);
+            through_latencies.push(through_one);
         }
     }
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
