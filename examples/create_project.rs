@@ -9,7 +9,8 @@
 //! run against any server it is pointed at.
 
 use diesel::prelude::*;
-use pgbatch::{Batch, Error, StatementFailure};
+use pgbatch::error::StatementFailure;
+use pgbatch::{Batch, Error};
 use pgbatch_scenarios::project::{self, ProjectError};
 use pgbatch_scenarios::schema::{project as project_table, silo};
 use uuid::Uuid;

@@ -49,14 +49,22 @@ async fn example() -> Result<(), Box<dyn std::error::Error>> {
         other => println!("first attempt: unexpectedly {:?}", other.map(drop).map_err(|e| e.to_string())),
     }
 
-    match idempotency::resolve(&pool, &key).await? {
-        Resolution::Committed { at } => println!("resolved: committed at {at:?}"),
-        Resolution::NotCommitted => println!("resolved: not committed"),
-        _ => println!("resolved: unknown resolution"),
-    }
+    // "Not committed" is final: resolving fences the key, so the lost attempt cannot commit
+    // if its bytes still arrive. A replay uses the key the resolution hands back.
+    let replay_key = match idempotency::resolve(&pool, &key).await? {
+        Resolution::Committed { at } => {
+            println!("resolved: committed at {at:?}");
+            key.clone()
+        }
+        Resolution::NotCommitted { replay } => {
+            println!("resolved: not committed, and now never will be");
+            replay
+        }
+        _ => return Err("an unknown resolution".into()),
+    };
 
-    // Replaying the request with the same key never creates the project twice.
-    match create_project(&key, Uuid::new_v4(), world.silo).run(&pool).await {
+    // Replaying the request never creates the project twice.
+    match create_project(&replay_key, Uuid::new_v4(), world.silo).run(&pool).await {
         Ok(_) => println!("replay: created the project (the first attempt had not committed)"),
         Err(Error::AlreadyCommitted(already)) => println!("replay: {already}; nothing applied"),
         Err(other) => return Err(other.into()),

@@ -40,7 +40,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use pgbatch::intent::{Decision, Intent, IntentError, Intents, SweepOptions};
 use pgbatch::{Batch, ConnectionManager, Fragment};
 
-type Pool = bb8::Pool<ConnectionManager>;
+use pgbatch::Pool;
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 const USAGE: &str = "usage: upload_and_bill --store DIR <command>

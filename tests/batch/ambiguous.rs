@@ -2,8 +2,9 @@
 //! ambiguous") when it cannot tell whether a commit applied. Shown on PostgreSQL with the
 //! test proxy rewriting `COMMIT`'s answer into that error (the server did commit).
 
+use pgbatch::error::UnknownReason;
 use pgbatch::idempotency::{self, Resolution};
-use pgbatch::{Batch, Connection, Error, IdempotencyKey, UnknownReason};
+use pgbatch::{Batch, Connection, Error, IdempotencyKey};
 use pgbatch_testing::Fault;
 
 use crate::common::*;
@@ -72,7 +73,7 @@ async fn a_keyed_batch_with_an_ambiguous_commit_resolves() {
     proxy.arm(rewrite_commit());
     let accepted = proxy.connections_accepted();
     let err = keyed("pooled").run(&pool).await.unwrap_err();
-    assert!(matches!(&err, Error::AlreadyCommitted(already) if already.was_settled()), "{err}");
+    assert!(matches!(&err, Error::AlreadyCommitted(already) if already.committed_by_this_call()), "{err}");
     assert_eq!(proxy.cuts(), 2);
     assert_eq!(proxy.connections_accepted(), accepted, "no cancel request, no new connection");
     for key in ["bare", "pooled"] {

@@ -2,7 +2,8 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use pgbatch::{Batch, ResultError};
+use pgbatch::Batch;
+use pgbatch::error::ResultError;
 
 use crate::common::*;
 

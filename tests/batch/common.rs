@@ -11,7 +11,7 @@ use diesel::serialize::{self, IsNull, Output, ToSql};
 use pgbatch::ConnectionManager;
 use pgbatch_testing::{Proxy, TestDatabase};
 
-pub type Pool = bb8::Pool<ConnectionManager>;
+pub use pgbatch::Pool;
 
 pub mod schema {
     diesel::table! {
@@ -155,7 +155,7 @@ impl Harness {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.value(sql).await.parse().expect("a count")
+        pgbatch_testing::count(&self.client, sql).await
     }
 
     /// The one value `sql` returns, as text. A simple query: no named statement, so it

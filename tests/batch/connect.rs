@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use pgbatch::{Batch, ConnectError, Connection, Error, PoolError};
+use pgbatch::error::PoolError;
+use pgbatch::{Batch, ConnectError, Connection, Error};
 
 use crate::common::*;
 
@@ -86,4 +87,36 @@ async fn a_pooled_connection_whose_session_the_server_ended_is_not_lent_out() {
             .unwrap_or_else(|err| panic!("round {round}: a fresh connection, not the ended one: {err}"));
     }
     assert_eq!(h.count("SELECT count(*) FROM note").await, 20);
+}
+
+/// The test server accepts writes: `read-write` and `primary` connect to it, `read-only` and
+/// `standby` refuse it, naming what it is. Directly, the server's state comes from what it
+/// reports at start-up; through PgBouncer (which does not pass those reports on), from one
+/// query.
+#[tokio::test]
+async fn target_session_attrs_judges_the_server_it_reaches() {
+    use pgbatch::TargetSessionAttrs::*;
+    let h = Harness::new().await;
+    for (attrs, accepted) in [(ReadWrite, true), (Primary, true), (Any, true), (ReadOnly, false), (Standby, false)] {
+        let mut config = pgbatch::Config::from(h.db.config());
+        config.target_session_attrs(attrs);
+        match Connection::connect_with(&config).await {
+            Ok(mut connection) => {
+                assert!(accepted, "{attrs:?} connected to a server that accepts writes");
+                let mut batch = Batch::new();
+                batch.push(insert_note(1, "through target_session_attrs"));
+                batch.run(&mut connection).await.expect("a write");
+            }
+            Err(error) => {
+                assert!(!accepted, "{attrs:?}: {error}");
+                assert!(
+                    matches!(
+                        &error,
+                        ConnectError::WrongServer { found: "a server that accepts writes" | "not a standby", .. }
+                    ),
+                    "{attrs:?}: {error}"
+                );
+            }
+        }
+    }
 }

@@ -3,7 +3,8 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use pgbatch::{Batch, Cause, Error, StatementOutcome};
+use pgbatch::error::StatementOutcome;
+use pgbatch::{Batch, Cause, Error};
 
 use crate::common::*;
 
@@ -217,7 +218,7 @@ async fn a_pool_that_cannot_hand_out_a_connection_times_out_with_nothing_sent() 
     let mut batch = Batch::new();
     batch.push(insert_note(1, "waiting"));
     let err = batch.run(&pool).await.unwrap_err();
-    assert!(matches!(err, Error::Pool(pgbatch::PoolError::TimedOut { last_connect_error: None })), "{err}");
+    assert!(matches!(err, Error::Pool(pgbatch::error::PoolError::TimedOut { last_connect_error: None })), "{err}");
     assert!(!err.may_have_committed());
     drop(held);
     batch.run(&pool).await.expect("the connection is free again");

@@ -2,8 +2,9 @@
 
 use diesel::dsl::{count_star, exists};
 use diesel::prelude::*;
+use pgbatch::error::{BuildError, StatementOutcome};
 use pgbatch::guard::Expectation;
-use pgbatch::{Batch, BuildError, Cause, Error, StatementOutcome};
+use pgbatch::{Batch, Cause, Error};
 
 use crate::common::*;
 

@@ -4,7 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgbatch::{Batch, ConnectError, ConnectionManager, Error, Observed, PoolError, RetryPolicy, StatementEvent};
+use pgbatch::error::PoolError;
+use pgbatch::{Batch, ConnectError, ConnectionManager, Error, Observed, RetryPolicy, StatementEvent};
 
 use crate::common::*;
 
@@ -100,5 +101,46 @@ async fn the_observer_hears_every_statement_of_every_run() {
     assert_eq!(
         *seen.lock().unwrap(),
         vec![(label("conflicts once"), Observed::Failed, 1), (label("conflicts once"), Observed::Committed, 2)]
+    );
+}
+
+/// A two-phase batch is heard of once, with the decision: committed, rolled back, dropped
+/// undecided, or failed in its first round trip.
+#[tokio::test]
+async fn the_observer_hears_every_statement_of_a_two_phase_batch() {
+    let h = Harness::new().await;
+    let (seen, observer) = recorder();
+    let pool = bb8::Pool::builder()
+        .max_size(1)
+        .build(ConnectionManager::new(h.db.config().clone()).observer(observer))
+        .await
+        .unwrap();
+    let label = |l: &str| Some(l.to_owned());
+    let two = |first: &str| {
+        let mut batch = Batch::new();
+        batch.push(insert_note(1, first)).label("first");
+        batch.push(insert_note(1, "second")).label("second");
+        batch
+    };
+    let heard = |outcome| vec![(label("first"), outcome, 1), (label("second"), outcome, 1)];
+
+    let prepared = two("committed").prepare(&pool).await.unwrap();
+    assert!(seen.lock().unwrap().is_empty(), "nothing is heard before the decision");
+    prepared.commit().await.unwrap();
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), heard(Observed::Committed));
+
+    two("rolled back").prepare(&pool).await.unwrap().rollback().await.unwrap();
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), heard(Observed::RolledBack));
+
+    drop(two("dropped").prepare(&pool).await.unwrap());
+    assert_eq!(std::mem::take(&mut *seen.lock().unwrap()), heard(Observed::RolledBack));
+
+    let mut failing = Batch::new();
+    failing.push(insert_note(1, "ran")).label("ran");
+    failing.push(insert_note(404, "orphan")).label("fails");
+    failing.prepare(&pool).await.unwrap_err();
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        vec![(label("ran"), Observed::RolledBack, 1), (label("fails"), Observed::Failed, 1)]
     );
 }

@@ -100,10 +100,40 @@ async fn cut_before_commit_is_written_is_not_committed_and_resolve_agrees() {
     assert!(matches!(err, Error::ConnectionClosed), "{err}");
     assert!(!err.may_have_committed());
     let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("i2")).await.unwrap();
-    assert_eq!(resolution, Resolution::NotCommitted);
+    let Resolution::NotCommitted { replay } = resolution else { panic!("{resolution:?}") };
+    assert!(replay.is_replay() && replay.key() == "i2");
     assert_eq!(notes(&h, "i2").await, 0);
-    keyed("i2").run(&h.pool).await.expect("a request that did not commit can be replayed");
+    // The key is fenced: a run with the plain key is refused, as the lost run would be.
+    let refused = keyed("i2").run(&h.pool).await.unwrap_err();
+    assert!(matches!(&refused, Error::KeyFenced { key, .. } if key == "i2"), "{refused}");
+    assert!(refused.to_string().contains("resolve the key"), "the error says what to do: {refused}");
+    let mut replayed = keyed("i2");
+    replayed.idempotency_key(replay.clone());
+    replayed.run(&h.pool).await.expect("a request that did not commit can be replayed with the resolution's key");
     assert_eq!(notes(&h, "i2").await, 1);
+    // The fence is spent: the same replay key cannot apply it again.
+    let mut again = keyed("i2");
+    again.idempotency_key(replay);
+    assert!(matches!(again.run(&h.pool).await, Err(Error::AlreadyCommitted(_))));
+    assert_eq!(notes(&h, "i2").await, 1);
+}
+
+/// A marker table made before fences existed gets its `fence` column from `install`, and
+/// keeps its markers.
+#[tokio::test]
+async fn install_adds_fences_to_a_marker_table_of_an_earlier_version() {
+    let h = Harness::new().await;
+    h.db.execute(
+        "CREATE TABLE pgbatch_idempotency (key text PRIMARY KEY, committed_at timestamptz NOT NULL DEFAULT now()); \
+         INSERT INTO pgbatch_idempotency (key) VALUES ('before')",
+    )
+    .await
+    .unwrap();
+    idempotency::install(&h.pool, idempotency::DEFAULT_TABLE).await.unwrap();
+    let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("before")).await.unwrap();
+    assert!(matches!(resolution, Resolution::Committed { .. }), "{resolution:?}");
+    let resolution = idempotency::resolve(&h.pool, &IdempotencyKey::new("never-ran")).await.unwrap();
+    assert!(matches!(resolution, Resolution::NotCommitted { .. }), "{resolution:?}");
 }
 
 #[tokio::test]
@@ -155,7 +185,7 @@ async fn a_keyed_batch_on_a_pool_settles_a_lost_commit_as_already_committed() {
     proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
     let err = keyed("settled").run(&pool).await.unwrap_err();
     let Error::AlreadyCommitted(already) = &err else { panic!("settled, not {err}") };
-    assert!(already.was_settled(), "this call's own run committed");
+    assert!(already.committed_by_this_call(), "this call's own run committed");
     assert_eq!(proxy.cuts(), 1);
     assert_eq!(notes(&h, "settled").await, 1, "the rows exist once");
 }
@@ -167,7 +197,7 @@ async fn a_keyed_batch_on_a_pool_replays_a_lost_batch_that_did_not_commit() {
     // The client writes everything; the server never gets COMMIT and rolls back.
     proxy.arm(Fault::CutBeforeClientSends { pattern: b"COMMIT\0".to_vec() });
     let committed = keyed("replayed").run(&pool).await.expect("settled as not committed, then replayed");
-    assert!(committed.was_settled());
+    assert!(committed.replayed_after_unknown());
     assert_eq!(committed.attempts(), 2);
     assert_eq!(proxy.cuts(), 1);
     assert_eq!(notes(&h, "replayed").await, 1, "the rows exist once");

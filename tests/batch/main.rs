@@ -17,6 +17,7 @@ mod hooks;
 mod idempotency;
 mod large;
 mod logs;
+mod multiplexed;
 mod not_sent;
 mod restart;
 mod retry;

@@ -1,7 +1,8 @@
 //! Statements that cannot be sent fail the batch before a single byte leaves the client.
 
 use diesel::prelude::*;
-use pgbatch::{Batch, BuildError, Error};
+use pgbatch::error::BuildError;
+use pgbatch::{Batch, Error};
 
 use crate::common::*;
 

@@ -37,7 +37,7 @@ const SCHEMA: &str = "
     INSERT INTO account VALUES (1, 100);
 ";
 
-type Pool = bb8::Pool<ConnectionManager>;
+use pgbatch::Pool;
 
 /// A database of its own on the node, and a pool on it whose sessions refuse full table
 /// scans, as omicron's do.
@@ -177,8 +177,8 @@ async fn unknown_outcomes_settle(node: &tokio_postgres::Config) {
     batch.push(diesel::update(account::table.find(1)).set(account::balance.eq(account::balance + 5)));
     let result = batch.run(&pool).await;
     assert!(
-        matches!(&result, Ok(c) if c.was_settled())
-            || matches!(&result, Err(Error::AlreadyCommitted(a)) if a.was_settled()),
+        matches!(&result, Ok(c) if c.replayed_after_unknown())
+            || matches!(&result, Err(Error::AlreadyCommitted(a)) if a.committed_by_this_call()),
         "{result:?}"
     );
     assert_eq!(balance(&pool).await, 105, "applied once");

@@ -1,15 +1,14 @@
 //! A database of the test's own with the intent table and a ledger standing for the rows
 //! an effect implies.
 
-use pgbatch::ConnectionManager;
 use pgbatch::intent::Intents;
 use pgbatch_testing::TestDatabase;
 
-pub type Pool = bb8::Pool<ConnectionManager>;
+pub use pgbatch::Pool;
 
 pub struct Harness {
-    /// Kept so the database lives as long as the test.
-    pub _db: TestDatabase,
+    /// The test's database (dropped with the harness).
+    pub db: TestDatabase,
     pub pool: Pool,
     pub client: tokio_postgres::Client,
     pub intents: Intents,
@@ -19,15 +18,15 @@ impl Harness {
     pub async fn new() -> Harness {
         let db = TestDatabase::create().await.expect("a test database");
         db.execute("CREATE TABLE ledger (key text PRIMARY KEY, amount bigint NOT NULL)").await.expect("the ledger");
-        let pool = bb8::Pool::builder().max_size(4).build(ConnectionManager::new(db.config().clone())).await.unwrap();
+        let pool = db.pool(4).await.expect("a pool");
         let client = db.connect().await.expect("an inspection connection");
         let intents = Intents::new();
         intents.install(&pool).await.expect("the intent table");
-        Harness { _db: db, pool, client, intents }
+        Harness { db, pool, client, intents }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client.query_one(sql, &[]).await.expect(sql).get(0)
+        pgbatch_testing::count(&self.client, sql).await
     }
 
     pub async fn execute(&self, sql: &str) {

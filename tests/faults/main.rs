@@ -8,6 +8,9 @@
 
 mod commit_cancel;
 mod crash;
+mod fence;
+mod orphan;
 mod storm;
 mod support;
 mod sweeps;
+mod unsettled;

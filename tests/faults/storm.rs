@@ -102,6 +102,77 @@ async fn storm(kind: Storm) {
     assert!(result.is_ok() || kind == Storm::Timeout, "{result:?}");
 }
 
+/// Batches loop on three bare connections while another task sends cancel requests with
+/// their [`CancelToken`](pgbatch::CancelToken)s, one after another, as fast as the server
+/// (or PgBouncer) acknowledges them. CI runs it directly and through PgBouncer 1.18 in
+/// transaction mode, where a request that is not waited for is dropped unforwarded, and an
+/// early close trips a PgBouncer bug that ends PgBouncer itself.
+async fn token_cancel_storm() {
+    let faults = Faults::new().await;
+    let name = "pgbatch-storm-token";
+    let config = faults.config(name, None);
+    let deadline = Instant::now() + storm_length();
+    let runs: Runs = Arc::default();
+    let tokens: Arc<Mutex<Vec<pgbatch::CancelToken>>> = Arc::default();
+    let mut loopers = Vec::new();
+    for looper in 0..3 {
+        let (runs, tokens, config) = (Arc::clone(&runs), Arc::clone(&tokens), config.clone());
+        loopers.push(tokio::spawn(async move {
+            let connect = async || {
+                let connection = Connection::connect_with(&config).await.expect("a connection");
+                tokens.lock().unwrap().push(connection.cancel_token());
+                connection
+            };
+            let mut connection = connect().await;
+            for i in 0.. {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let tag = format!("token-{looper}-{i}");
+                let result = create_project(&tag, 1 + i % 2).run(&mut connection).await;
+                runs.lock().unwrap().push((tag, Verdict::of(&result)));
+                if connection.check().is_err() {
+                    connection = connect().await;
+                }
+            }
+        }));
+    }
+    let (mut sent, mut refused) = (0usize, Vec::new());
+    while Instant::now() < deadline {
+        let batch_of_tokens = tokens.lock().unwrap().clone();
+        for token in batch_of_tokens {
+            match token.cancel_query().await {
+                Ok(()) => sent += 1,
+                Err(error) => refused.push(error.to_string()),
+            }
+        }
+    }
+    for looper in loopers {
+        looper.await.expect("a looper");
+    }
+    let runs = runs.lock().unwrap().clone();
+    let cancelled =
+        runs.iter().filter(|(_, verdict)| matches!(verdict, Verdict::NotCommitted(e) if e.contains("57014"))).count();
+    let tally = Tally::check(&faults, &runs).await;
+    let leaked = faults.leaked_transactions(name).await;
+    tally.report("storm-token-cancel", leaked);
+    println!("storm-token-cancel: cancels_sent={sent} cancels_refused={} batches_cancelled={cancelled}", refused.len());
+    assert!(tally.batches >= 1000, "a storm runs thousands of batches: {tally:?}");
+    assert!(refused.is_empty(), "every cancel request was acknowledged: {refused:?}");
+    assert!(cancelled > 0, "the cancels reached the server: {tally:?}");
+    assert_eq!(tally.partial_states, 0, "{tally:?}");
+    assert_eq!(tally.misreports, 0, "{tally:?}");
+    assert_eq!(leaked, 0, "no backend may be left inside a transaction");
+    // Whatever is in between (PgBouncer) is still up, and a new connection works.
+    let mut connection = Connection::connect_with(&config).await.expect("a connection after the storm");
+    create_project("after-token-storm", 1).run(&mut connection).await.expect("a batch after the storm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_storm_sent_with_cancel_tokens_never_leaves_half_a_batch() {
+    token_cancel_storm().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_storm_never_leaves_half_a_batch() {
     storm(Storm::Cancel).await;

@@ -10,7 +10,7 @@ use pgbatch::idempotency::{self, Resolution};
 use pgbatch::{Batch, ConnectionManager, Error, IdempotencyKey};
 use pgbatch_testing::TestDatabase;
 
-pub type Pool = bb8::Pool<ConnectionManager>;
+pub use pgbatch::Pool;
 
 diesel::table! {
     project (tag) {
@@ -66,8 +66,7 @@ impl Faults {
 
     async fn inspectors(db: &TestDatabase) -> (tokio_postgres::Client, Pool) {
         let client = db.connect().await.expect("an inspection connection");
-        let inspect =
-            bb8::Pool::builder().max_size(2).build(ConnectionManager::new(db.config().clone())).await.unwrap();
+        let inspect = db.pool(2).await.expect("an inspection pool");
         (client, inspect)
     }
 
@@ -114,7 +113,17 @@ impl Faults {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client.query_one(sql, &[]).await.expect(sql).get(0)
+        pgbatch_testing::count(&self.client, sql).await
+    }
+
+    /// Backends of this database inside a transaction (idle in it, or waiting mid-pipeline
+    /// for the rest of one), besides the inspection connection.
+    pub async fn leaked_transactions_in_database(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND xact_start IS NOT NULL",
+        )
+        .await
     }
 
     /// Backends named `application_name` left inside a transaction.
@@ -309,7 +318,7 @@ impl Sweep {
             }
             Verdict::Unknown(_) => match idempotency::resolve(&faults.inspect, &IdempotencyKey::new(tag)).await {
                 Ok(Resolution::Committed { .. }) if project => {}
-                Ok(Resolution::NotCommitted) if !project => {}
+                Ok(Resolution::NotCommitted { .. }) if !project => {}
                 Ok(_) => {
                     self.misreports += 1;
                     problem = Some("resolved against the rows");

@@ -11,11 +11,12 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod concurrent;
+mod multiplexed;
 
 use std::collections::BTreeMap;
 
 use diesel::prelude::*;
-use pgbatch::{Affected, Batch, Cause, ConnectionManager, Error, Optional};
+use pgbatch::{Affected, Batch, Cause, Error, Optional};
 use pgbatch_testing::TestDatabase;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -209,7 +210,7 @@ fn failure_of(cause: &Cause) -> Option<Failure> {
 }
 
 struct Lab {
-    pool: bb8::Pool<ConnectionManager>,
+    pool: pgbatch::Pool,
     client: tokio_postgres::Client,
     /// Cases that committed, and that failed as the model said.
     committed: std::cell::Cell<usize>,
@@ -270,7 +271,7 @@ fn random_batches_match_the_model() {
     let db = runtime.block_on(TestDatabase::create()).expect("a test database");
     let lab = runtime.block_on(async {
         db.execute(SCHEMA).await.expect("the schema");
-        let pool = bb8::Pool::builder().max_size(1).build(ConnectionManager::new(db.config().clone())).await.unwrap();
+        let pool = db.pool(1).await.expect("a pool");
         Lab { pool, client: db.connect().await.unwrap(), committed: Default::default(), failed: Default::default() }
     });
     let initial = proptest::collection::btree_map(0..6i32, 0..4i32, 0..5);

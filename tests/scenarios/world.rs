@@ -1,11 +1,10 @@
 //! A seeded control plane: the fleet, one silo with quotas, one project.
 
-use pgbatch::ConnectionManager;
 use pgbatch_scenarios::seed::{Quotas, seed};
 use pgbatch_testing::TestDatabase;
 use uuid::Uuid;
 
-pub type Pool = bb8::Pool<ConnectionManager>;
+pub use pgbatch::Pool;
 
 pub struct World {
     /// Kept so the database lives as long as the world.
@@ -22,14 +21,14 @@ impl World {
     pub async fn new(cpus: i64, ram: i64, storage: i64) -> World {
         let db = TestDatabase::create().await.expect("a test database");
         db.execute(pgbatch_scenarios::SCHEMA_SQL).await.expect("the schema");
-        let pool = bb8::Pool::builder().max_size(8).build(ConnectionManager::new(db.config().clone())).await.unwrap();
+        let pool = db.pool(8).await.expect("a pool");
         let client = db.connect().await.unwrap();
         let seeded = seed(&pool, "silo", Quotas { cpus, ram, storage }).await.expect("the seed");
         World { _db: db, pool, client, silo: seeded.silo, project: seeded.project }
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.client.query_one(sql, &[]).await.expect(sql).get(0)
+        pgbatch_testing::count(&self.client, sql).await
     }
 
     /// The `(cpus, ram, storage)` counters of `id`.

@@ -219,3 +219,41 @@ async fn a_two_phase_batch_dropped_undecided_over_tls_rolls_back() {
     assert_eq!(committed.get(&rows).unwrap(), 0, "the dropped transaction was rolled back");
     assert!(batch_sees_tls(&mut connection).await);
 }
+
+/// The example binary `cargo` built beside this test (`cargo test` builds the examples).
+fn example_binary(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().expect("the test binary's path");
+    let binary = deps.parent().and_then(|deps| deps.parent()).expect("target/<profile>").join("examples").join(name);
+    assert!(binary.is_file(), "{} is missing: build it with `cargo build --example {name}`", binary.display());
+    binary
+}
+
+/// README's TLS command (`DATABASE_URL='...?sslmode=verify-full&sslrootcert=...' cargo run
+/// --example create_project`) and a `sslmode=require` URL, against a server that accepts TLS
+/// only: the example's harness creates, fills and drops its database over TLS as pgbatch
+/// makes it, and its pool verifies the server as the URL asks.
+#[tokio::test]
+async fn the_readme_tls_command_runs_the_example_against_a_tls_only_server() {
+    let server = server().await;
+    let binary = example_binary("create_project");
+    let run_with = |url: String| {
+        let binary = binary.clone();
+        async move {
+            tokio::task::spawn_blocking(move || Command::new(binary).env("DATABASE_URL", url).output())
+                .await
+                .unwrap()
+                .expect("the example runs")
+        }
+    };
+    for url in [server.url("localhost", "verify-full", Some("ca.crt")), server.url("127.0.0.1", "require", None)] {
+        let run = run_with(url.clone()).await;
+        let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+        assert!(run.status.success(), "{url}: {stdout}{stderr}");
+        assert!(stdout.contains("created:"), "{url}: {stdout}");
+    }
+    // A certificate from another CA fails the example, naming the cause.
+    let refused = run_with(server.url("localhost", "verify-full", Some("other-ca.crt"))).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("certificate"), "{stderr}");
+}

@@ -3,6 +3,7 @@
 
 pub mod contenders;
 pub mod report;
+pub mod single_query;
 pub mod workload;
 
 use std::time::{Duration, Instant};
@@ -105,6 +106,15 @@ pub const BENCHMARKS_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs
 /// The section of `docs/benchmarks.md` that the `pgbouncer` binary writes.
 pub const PGBOUNCER_SECTION: &str = "pgbouncer";
 
+/// The section of `docs/benchmarks.md` that the `session_reset` binary writes.
+pub const SESSION_RESET_SECTION: &str = "session-reset";
+
+/// The section of `docs/benchmarks.md` the `multiplexing` binary writes.
+pub const MULTIPLEXING_SECTION: &str = "multiplexing";
+
+/// The sections of `docs/benchmarks.md` that other binaries write, which `compare` keeps.
+pub const KEPT_SECTIONS: [&str; 3] = [PGBOUNCER_SECTION, SESSION_RESET_SECTION, MULTIPLEXING_SECTION];
+
 /// Where the section named `name` of `doc` lies, markers (`<!-- name -->` and
 /// `<!-- /name -->`) included.
 fn section_range(doc: &str, name: &str) -> Option<std::ops::Range<usize>> {
@@ -121,6 +131,37 @@ pub fn section<'d>(doc: &'d str, name: &str) -> Option<&'d str> {
     let open = format!("<!-- {name} -->\n");
     let close = format!("\n<!-- /{name} -->");
     doc[range].strip_prefix(&open)?.strip_suffix(&close)
+}
+
+/// Replaces the section `name` of `docs/benchmarks.md` with `body`.
+///
+/// # Errors
+///
+/// When the file cannot be written.
+pub fn write_section(name: &str, body: &str) -> Result<(), String> {
+    let doc = std::fs::read_to_string(BENCHMARKS_MD).unwrap_or_default();
+    std::fs::write(BENCHMARKS_MD, with_section(&doc, name, body)).map_err(|e| format!("writing {BENCHMARKS_MD}: {e}"))
+}
+
+/// The `main` of a binary whose one argument is PgBouncer's port on 127.0.0.1 (6432 when
+/// it is left out): runs `measure` with the port and reports its error under `name`.
+pub async fn main_with_pgbouncer_port<F, Fut>(name: &str, measure: F) -> std::process::ExitCode
+where
+    F: FnOnce(u16) -> Fut,
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let port = std::env::args().nth(1).map_or(Ok(6432), |port| port.parse::<u16>());
+    let Ok(port) = port else {
+        eprintln!("{name}: the argument is PgBouncer's port on 127.0.0.1 (default 6432)");
+        return std::process::ExitCode::FAILURE;
+    };
+    match measure(port).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{name}: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// `doc` with its section `name` replaced by `body` (appended when it has none).

@@ -64,6 +64,9 @@ pub struct Report {
     pub hot_row: (Duration, Duration, Vec<HotRow>),
     /// CPU figures.
     pub cpu: Vec<Cpu>,
+    /// The single diesel-async query section, as markdown
+    /// ([`single_query`](crate::single_query)).
+    pub single_query: String,
 }
 
 fn ms(d: Duration) -> String {
@@ -210,7 +213,7 @@ impl Report {
              ## Client CPU\n\n\
              Rendering and encoding one Diesel statement (an `INSERT ... RETURNING` of three values), measured in a \
              loop on one thread; and the whole client-side cost per statement of W3 over a direct connection \
-             (CPU time of the thread that runs the client and its connection).\n\n{cpu}",
+             (CPU time of the thread that runs the client and its connection).\n\n{cpu}\n{single_query}",
             quick = if self.mode == "quick" { " -- --quick" } else { "" },
             env = self.environment.iter().map(|l| format!("- {l}")).collect::<Vec<_>>().join("\n"),
             samples = self.samples,
@@ -218,6 +221,7 @@ impl Report {
             ratios = self.ratio_table(),
             hot = self.hot_row_table(),
             cpu = self.cpu_table(),
+            single_query = self.single_query,
         )
     }
 

@@ -71,10 +71,9 @@ pub async fn seed<A: Acquire>(target: A, silo_name: &str, quotas: Quotas) -> Res
 /// # Errors
 ///
 /// When no PostgreSQL can be reached or the schema fails.
-pub async fn playground()
--> Result<(pgbatch_testing::TestDatabase, bb8::Pool<pgbatch::ConnectionManager>), Box<dyn std::error::Error>> {
+pub async fn playground() -> Result<(pgbatch_testing::TestDatabase, pgbatch::Pool), Box<dyn std::error::Error>> {
     let db = pgbatch_testing::TestDatabase::create().await?;
     db.execute(crate::SCHEMA_SQL).await?;
-    let pool = bb8::Pool::builder().max_size(8).build(pgbatch::ConnectionManager::new(db.config().clone())).await?;
+    let pool = db.pool(8).await?;
     Ok((db, pool))
 }

@@ -1,6 +1,6 @@
 //! A service function that composes fragments from several domain modules into one batch.
 
-use pgbatch::{Batch, ConnectionManager, Error};
+use pgbatch::{Batch, Error};
 
 use crate::instances::{self, InstanceError};
 use crate::provisioning::{self, ProvisionError, Request};
@@ -23,7 +23,7 @@ pub enum CreateInstanceError {
 /// [`Error::Domain`] with [`CreateInstanceError`] for the failures the modules know;
 /// any other [`Error`] as [`Batch::run`] describes.
 pub async fn create_instance(
-    pool: &bb8::Pool<ConnectionManager>,
+    pool: &pgbatch::Pool,
     request: Request,
     name: &str,
 ) -> Result<(), Error<CreateInstanceError>> {

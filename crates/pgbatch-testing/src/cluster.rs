@@ -28,6 +28,12 @@ pub enum ClusterError {
     /// This process runs as root and there is no `postgres` user to run the server as.
     #[error("running as root and there is no `postgres` user to run PostgreSQL as (it refuses to run as root)")]
     NoServerUser,
+    /// pg_auto_failover's `pg_autoctl` is not installed (for [`Formation`](crate::Formation)).
+    #[error("pg_autoctl not found: install pg_auto_failover, e.g. `apt-get install -y {package}`")]
+    NoAutoFailover {
+        /// The Debian package that provides it for this machine's PostgreSQL.
+        package: String,
+    },
     /// A command failed.
     #[error("{command} failed: {output}")]
     Command {
@@ -49,14 +55,14 @@ pub enum ClusterError {
 
 /// PostgreSQL's server binaries on this machine.
 #[derive(Debug, Clone)]
-struct Binaries {
-    dir: PathBuf,
+pub(crate) struct Binaries {
+    pub(crate) dir: PathBuf,
     /// The major version, from `postgres --version`.
-    major: String,
+    pub(crate) major: String,
 }
 
 impl Binaries {
-    fn find() -> Option<Binaries> {
+    pub(crate) fn find() -> Option<Binaries> {
         let pg_config = Command::new("pg_config")
             .arg("--bindir")
             .output()
@@ -88,7 +94,7 @@ impl Binaries {
         Some(Binaries { dir, major })
     }
 
-    fn bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }
@@ -110,12 +116,12 @@ fn is_root() -> bool {
 
 /// Runs PostgreSQL's programs, as the `postgres` user when this process is root.
 #[derive(Debug, Clone)]
-struct Runner {
+pub(crate) struct Runner {
     as_postgres: bool,
 }
 
 impl Runner {
-    fn new() -> Result<Self, ClusterError> {
+    pub(crate) fn new() -> Result<Self, ClusterError> {
         let as_postgres = is_root();
         if as_postgres && !Command::new("id").arg("postgres").output().is_ok_and(|o| o.status.success()) {
             return Err(ClusterError::NoServerUser);
@@ -123,7 +129,7 @@ impl Runner {
         Ok(Runner { as_postgres })
     }
 
-    fn command(&self, program: &Path) -> Command {
+    pub(crate) fn command(&self, program: &Path) -> Command {
         if self.as_postgres {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(program);
@@ -134,7 +140,7 @@ impl Runner {
     }
 
     /// Runs a command to completion; its output is the error when it fails.
-    fn run(&self, mut command: Command) -> Result<(), ClusterError> {
+    pub(crate) fn run(&self, mut command: Command) -> Result<(), ClusterError> {
         let description = format!("{command:?}");
         let output = command
             .stdin(Stdio::null())
@@ -150,7 +156,7 @@ impl Runner {
     }
 
     /// Makes `path` the server user's.
-    fn own(&self, path: &Path) -> Result<(), ClusterError> {
+    pub(crate) fn own(&self, path: &Path) -> Result<(), ClusterError> {
         if !self.as_postgres {
             return Ok(());
         }
@@ -202,6 +208,25 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts a hot standby of this cluster: a base backup streamed from it
+    /// (`pg_basebackup -R`), following it by streaming replication, on a port of its own.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError`]: the base backup or the start failing.
+    pub fn start_standby(&self) -> Result<LocalCluster, ClusterError> {
+        let dir = std::env::temp_dir().join(format!("pgbatch-cluster-{}-{}", std::process::id(), unique()));
+        let mut backup = self.runner.command(&self.binaries.bin("pg_basebackup"));
+        backup.arg("-D").arg(&dir).args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"]);
+        backup.args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        self.runner.run(backup)?;
+        watch_owner(&self.binaries, &self.runner, &dir)?;
+        let standby =
+            LocalCluster { binaries: self.binaries.clone(), runner: self.runner.clone(), dir, port: free_port()? };
+        standby.launch()?;
+        Ok(standby)
+    }
+
     /// The port the server listens on, on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port
@@ -228,20 +253,29 @@ impl LocalCluster {
     /// When the server's process cannot be found or signalled.
     pub fn crash(&self) -> Result<(), ClusterError> {
         let pid = self.postmaster_pid()?;
-        let mut children = Command::new("pkill");
-        children.args(["-KILL", "-P", &pid.to_string()]);
-        let _ = children.status();
+        // The children are listed first: a server cannot start while one of them is still
+        // attached to the old shared memory ("pre-existing shared memory block is still in
+        // use"), and once the postmaster is gone they are no longer its children.
+        let listed = Command::new("pgrep").args(["-P", &pid.to_string()]).output();
+        let children: Vec<u32> = listed
+            .map(|out| String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect())
+            .unwrap_or_default();
+        let mut kill_children = Command::new("pkill");
+        kill_children.args(["-KILL", "-P", &pid.to_string()]);
+        let _ = kill_children.status();
         let mut postmaster = Command::new("kill");
         postmaster.args(["-KILL", &pid.to_string()]);
         self.runner.run_plain(postmaster)?;
-        // Gone once its pid is gone or a zombie nobody has reaped yet.
-        for _ in 0..200 {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let state = state.rfind(')').and_then(|at| state[at + 1..].split_whitespace().next());
-            if matches!(state, None | Some("Z" | "X")) {
-                break;
+        // Each is gone once its pid is gone or a zombie nobody has reaped yet.
+        for process in std::iter::once(pid).chain(children) {
+            for _ in 0..500 {
+                let state = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+                let state = state.rfind(')').and_then(|at| state[at + 1..].split_whitespace().next());
+                if matches!(state, None | Some("Z" | "X")) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
         // A killed postmaster can stay a zombie for a while, and PostgreSQL takes a live pid
         // in its lock file for a server still running: the lock is stale, remove it.
@@ -358,14 +392,14 @@ impl Drop for LocalCluster {
 }
 
 /// A number no other cluster of this process has.
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A port of 127.0.0.1 that nothing listens on right now.
-fn free_port() -> Result<u16, ClusterError> {
+pub(crate) fn free_port() -> Result<u16, ClusterError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|source| ClusterError::Io { what: "finding a free port".into(), source })?;
     listener
@@ -447,17 +481,22 @@ fn watch_owner(binaries: &Binaries, runner: &Runner, dir: &Path) -> Result<(), C
     } else {
         format!("'{}' -D '{}' -m immediate -w stop", binaries.bin("pg_ctl").display(), dir.display())
     };
-    let script = format!(
-        "while kill -0 {owner} 2>/dev/null; do sleep 1; done; {stop} >/dev/null 2>&1; rm -rf '{dir}'",
-        owner = std::process::id(),
-        dir = dir.display(),
-    );
+    spawn_watchdog(&format!("{stop} >/dev/null 2>&1; rm -rf \"$WATCHED\""), dir, "the cluster")
+}
+
+/// Starts a shell that runs `cleanup` once this process has exited, however it exits (a
+/// killed test process included). `cleanup` finds `dir` in `$WATCHED`, so that the shell's
+/// own command line does not name it (and a `pkill -f` of it spares the shell); `what`
+/// names it in the error.
+pub(crate) fn spawn_watchdog(cleanup: &str, dir: &Path, what: &str) -> Result<(), ClusterError> {
+    let script = format!("while kill -0 {} 2>/dev/null; do sleep 1; done; {cleanup}", std::process::id());
     Command::new("sh")
         .args(["-c", &script])
+        .env("WATCHED", dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map(drop)
-        .map_err(|source| ClusterError::Io { what: "starting the cluster's watchdog".into(), source })
+        .map_err(|source| ClusterError::Io { what: format!("starting the watchdog of {what}"), source })
 }

@@ -4,14 +4,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use testcontainers::ContainerAsync;
-use testcontainers::runners::AsyncRunner;
-use testcontainers_modules::postgres::Postgres;
 use tokio::sync::OnceCell;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config, NoTls};
 
 use crate::LocalCluster;
+use crate::container;
 use crate::proxy::{Proxy, ProxyBuilder};
 
 /// Where the server behind a [`TestDatabase`] came from.
@@ -53,9 +51,26 @@ pub enum SetupError {
         /// Why the container could not be started.
         docker: String,
     },
-    /// `DATABASE_URL` does not parse as a connection string.
+    /// `PGBATCH_TEST_SERVER=container` asked for a container, and none could be started.
+    #[error(
+        "PGBATCH_TEST_SERVER=container: could not start a container of the image {image}: {error}. Is a Docker \
+         daemon running and does the image exist (PGBATCH_TEST_IMAGE names another)?"
+    )]
+    Container {
+        /// The image asked for.
+        image: String,
+        /// testcontainers' error.
+        error: String,
+    },
+    /// `PGBATCH_TEST_SERVER=cluster` asked for a private cluster, and none could be started.
+    #[error("PGBATCH_TEST_SERVER=cluster: could not start a private cluster: {0}")]
+    Cluster(#[source] crate::ClusterError),
+    /// `PGBATCH_TEST_SERVER` holds a value other than `container` or `cluster`.
+    #[error("PGBATCH_TEST_SERVER={0:?} is not a server source: use `container` or `cluster`, or unset it")]
+    InvalidServerSetting(String),
+    /// `DATABASE_URL` does not parse as a connection string pgbatch accepts.
     #[error("DATABASE_URL is not a valid connection string: {0}")]
-    InvalidUrl(#[source] tokio_postgres::Error),
+    InvalidUrl(#[source] pgbatch::ConnectError),
     /// The server was found but refused the connection or the `CREATE DATABASE`.
     #[error("could not create a test database on the {source_name} server: {}", chain(error))]
     Server {
@@ -84,13 +99,22 @@ pub(crate) fn chain(error: &dyn std::error::Error) -> String {
 struct Server {
     admin: Config,
     source: ServerSource,
-    /// Keeps the container, if any, alive for the whole process.
-    _container: Option<ContainerAsync<Postgres>>,
+    /// Keeps the container, if any, for the whole process.
+    _container: Option<container::Started>,
     /// Keeps the private cluster, if any, running until the process exits.
     _cluster: Option<LocalCluster>,
 }
 
 static SERVER: OnceCell<Server> = OnceCell::const_new();
+
+/// Names, when a database is dropped, another one to drop with it.
+pub(crate) struct DropWith(pub(crate) Box<dyn FnOnce() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for DropWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropWith")
+    }
+}
 
 /// A database created for one test and dropped when this value is dropped.
 #[derive(Debug)]
@@ -99,6 +123,9 @@ pub struct TestDatabase {
     config: Config,
     admin: Config,
     source: ServerSource,
+    /// Says, when this database is dropped, which other database goes with it: the
+    /// template it was cloned from, when it was that template's last copy.
+    pub(crate) drop_with: Option<DropWith>,
 }
 
 impl TestDatabase {
@@ -109,8 +136,8 @@ impl TestDatabase {
     /// [`SetupError::NoServer`] when no server is configured and Docker does not answer;
     /// [`SetupError::Server`] when the server refuses the connection or the database.
     pub async fn create() -> Result<Self, SetupError> {
-        let server = SERVER.get_or_try_init(find_server).await?;
-        Self::create_with(&server.admin, server.source).await
+        let (admin, source) = Self::server().await?;
+        Self::create_with(&admin, source).await
     }
 
     /// Creates a fresh database on the server `admin` connects to (as a user allowed to
@@ -125,16 +152,32 @@ impl TestDatabase {
     }
 
     async fn create_with(admin_config: &Config, source: ServerSource) -> Result<Self, SetupError> {
+        Self::create_from(admin_config, source, None).await
+    }
+
+    /// Creates a database, empty or as a copy of `template` (`CREATE DATABASE ... TEMPLATE`).
+    pub(crate) async fn create_from(
+        admin_config: &Config,
+        source: ServerSource,
+        template: Option<&str>,
+    ) -> Result<Self, SetupError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let name = format!("pgbatch_test_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let admin = connect(admin_config).await.map_err(|error| server_error(source, error))?;
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .map_err(|error| server_error(source, error))?;
+        let create = match template {
+            Some(template) => format!("CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""),
+            None => format!("CREATE DATABASE \"{name}\""),
+        };
+        admin.batch_execute(&create).await.map_err(|error| server_error(source, error))?;
         let mut config = admin_config.clone();
         config.dbname(&name);
-        Ok(TestDatabase { name, config, admin: admin_config.clone(), source })
+        Ok(TestDatabase { name, config, admin: admin_config.clone(), source, drop_with: None })
+    }
+
+    /// The server's admin configuration and where it came from, found once per process.
+    pub(crate) async fn server() -> Result<(Config, ServerSource), SetupError> {
+        let server = SERVER.get_or_try_init(find_server).await?;
+        Ok((server.admin.clone(), server.source))
     }
 
     /// The database's name.
@@ -150,6 +193,19 @@ impl TestDatabase {
     /// A tokio-postgres configuration for this database.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// A pgbatch configuration for this database, with `DATABASE_URL`'s TLS settings
+    /// (`sslmode` up to `verify-full`, `sslrootcert`) when it asks for TLS.
+    pub fn connection_config(&self) -> pgbatch::Config {
+        let mut config = pgbatch::Config::from(&self.config);
+        if let (tokio_postgres::config::SslMode::Require, Some(tls)) = (self.config.get_ssl_mode(), URL_TLS.get()) {
+            config.ssl_mode(tls.get_ssl_mode());
+            if let Some(root) = tls.get_ssl_root_cert() {
+                config.ssl_root_cert(root);
+            }
+        }
+        config
     }
 
     /// A `postgres://` URL for this database, for libraries that take one (diesel-async).
@@ -225,49 +281,90 @@ impl TestDatabase {
     }
 }
 
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        // Drop may run inside a runtime (or while a test panics); a thread of its own with
-        // its own runtime can block on the DROP without either mattering.
-        let admin = self.admin.clone();
-        let name = std::mem::take(&mut self.name);
+impl TestDatabase {
+    /// Keeps the database (a template): returns its name, and dropping no longer drops it.
+    pub(crate) fn into_name(mut self) -> String {
+        std::mem::take(&mut self.name)
+    }
+
+    /// Drops databases `names` on the server `admin` reaches, from a thread of its own with
+    /// its own runtime: a `Drop` may run inside a runtime, or while a test panics, and can
+    /// block on it without either mattering.
+    pub(crate) fn drop_databases(admin: &Config, names: Vec<String>) {
+        let admin = admin.clone();
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
                 let client = connect(&admin).await.ok()?;
-                client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()
+                for name in names {
+                    client.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.ok()?;
+                }
+                Some(())
             })
         })
         .join();
         if !matches!(dropped, Ok(Some(()))) {
-            eprintln!("pgbatch-testing: could not drop test database; it will be dropped by the next test run");
+            eprintln!("pgbatch-testing: could not drop a test database; it will be dropped by the next test run");
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        // The template too, when this was the last database cloned from it.
+        let template = self.drop_with.take().and_then(|drop_with| (drop_with.0)());
+        let names: Vec<String> = std::iter::once(name).chain(template).filter(|name| !name.is_empty()).collect();
+        if !names.is_empty() {
+            Self::drop_databases(&self.admin, names);
         }
     }
 }
 
 async fn find_server() -> Result<Server, SetupError> {
     let (mut container, mut cluster) = (None, None);
-    let (admin, source) = if let Ok(url) = std::env::var("DATABASE_URL") {
-        (url.parse::<Config>().map_err(SetupError::InvalidUrl)?, ServerSource::DatabaseUrl)
-    } else if std::env::var_os("PGHOST").is_some() {
-        (libpq_config(), ServerSource::Libpq)
-    } else if let Some(config) = standard_port().await {
-        (config, ServerSource::StandardPort)
-    } else {
-        // Starting a cluster blocks on initdb and pg_ctl: off the runtime's threads.
-        let started = tokio::task::spawn_blocking(|| LocalCluster::start(&[])).await;
-        match started.map_err(|panicked| panicked.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-            Ok(started) => (cluster.insert(started).config(), ServerSource::PrivateCluster),
-            Err(why_not) => {
-                let (config, started) = start_container(why_not).await?;
-                container = Some(started);
-                (config, ServerSource::Container)
-            }
+    let forced = std::env::var("PGBATCH_TEST_SERVER").ok().filter(|value| !value.is_empty());
+    let url = std::env::var("DATABASE_URL").ok();
+    let (admin, source) = match (forced.as_deref(), url) {
+        (Some("container"), _) => {
+            let image = container::image();
+            let started = container::start(&image).await.map_err(|error| SetupError::Container { image, error })?;
+            (container.insert(started).config.clone(), ServerSource::Container)
         }
+        (Some("cluster"), _) => {
+            let started = start_cluster().await.map_err(SetupError::Cluster)?;
+            (cluster.insert(started).config(), ServerSource::PrivateCluster)
+        }
+        (Some(other), _) => return Err(SetupError::InvalidServerSetting(other.to_owned())),
+        (None, Some(url)) => (url_config(&url)?, ServerSource::DatabaseUrl),
+        (None, None) if std::env::var_os("PGHOST").is_some() => (libpq_config(), ServerSource::Libpq),
+        (None, None) => match standard_port().await {
+            Some(config) => (config, ServerSource::StandardPort),
+            None => match start_cluster().await {
+                Ok(started) => (cluster.insert(started).config(), ServerSource::PrivateCluster),
+                Err(why_not) => {
+                    let image = container::image();
+                    let started = container::start(&image)
+                        .await
+                        .map_err(|docker| SetupError::NoServer { cluster: why_not.to_string(), docker })?;
+                    (container.insert(started).config.clone(), ServerSource::Container)
+                }
+            },
+        },
     };
     let server = Server { admin, source, _container: container, _cluster: cluster };
     drop_abandoned_databases(&server).await;
     Ok(server)
+}
+
+/// A private cluster; starting one blocks on initdb and pg_ctl, so off the runtime's threads.
+async fn start_cluster() -> Result<LocalCluster, crate::ClusterError> {
+    tokio::task::spawn_blocking(|| LocalCluster::start(&[])).await.unwrap_or_else(|panicked| {
+        Err(crate::ClusterError::Io {
+            what: "starting a private cluster".into(),
+            source: std::io::Error::other(panicked),
+        })
+    })
 }
 
 /// The server on `127.0.0.1:5432`, when it lets the user `postgres` in without a password.
@@ -279,20 +376,6 @@ async fn standard_port() -> Option<Config> {
     client.simple_query("SELECT 1").await.ok()?;
     config.connect_timeout(Duration::from_secs(10));
     Some(config)
-}
-
-/// A throwaway container; `cluster` says why no private cluster could be started instead.
-async fn start_container(cluster: String) -> Result<(Config, ContainerAsync<Postgres>), SetupError> {
-    let no_server = |error: testcontainers::TestcontainersError| SetupError::NoServer {
-        cluster: cluster.clone(),
-        docker: error.to_string(),
-    };
-    let container = Postgres::default().start().await.map_err(no_server)?;
-    let host = container.get_host().await.map_err(no_server)?;
-    let port = container.get_host_port_ipv4(5432).await.map_err(no_server)?;
-    let mut config = Config::new();
-    config.host(host.to_string()).port(port).user("postgres").password("postgres").dbname("postgres");
-    Ok((config, container))
 }
 
 fn libpq_config() -> Config {
@@ -307,6 +390,25 @@ fn libpq_config() -> Config {
     config.dbname(var("PGDATABASE").unwrap_or_else(|| "postgres".into()));
     config.connect_timeout(Duration::from_secs(10));
     config
+}
+
+/// `DATABASE_URL` read as pgbatch reads it (libpq's `sslmode` values up to `verify-full`,
+/// `sslrootcert`), as the tokio-postgres configuration the harness's own connections use;
+/// when it asks for TLS, its TLS settings are kept for them.
+fn url_config(url: &str) -> Result<Config, SetupError> {
+    use pgbatch::SslMode;
+    let parsed: pgbatch::Config = url.parse().map_err(SetupError::InvalidUrl)?;
+    let mut config = parsed.postgres().clone();
+    let tls_required = matches!(parsed.get_ssl_mode(), SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull);
+    config.ssl_mode(match parsed.get_ssl_mode() {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        _ if tls_required => tokio_postgres::config::SslMode::Require,
+        _ => tokio_postgres::config::SslMode::Prefer,
+    });
+    if tls_required {
+        let _ = URL_TLS.set(parsed);
+    }
+    Ok(config)
 }
 
 /// Drops test databases whose creating process no longer runs (a test run killed before
@@ -331,12 +433,21 @@ async fn drop_abandoned_databases(server: &Server) {
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        // The connection's end is reported to its client's requests; nothing to add here.
-        let _ = connection.await;
-    });
+/// The TLS settings of `DATABASE_URL` (`sslmode`, `sslrootcert`) when it asks for TLS: the
+/// harness's connections to that server use them as pgbatch would.
+static URL_TLS: std::sync::OnceLock<pgbatch::Config> = std::sync::OnceLock::new();
+
+/// Opens a tokio-postgres connection, its driver spawned on the current runtime: in the
+/// clear, or over TLS made as pgbatch makes it when the configuration requires TLS.
+pub(crate) async fn connect(config: &Config) -> Result<Client, tokio_postgres::Error> {
+    if config.get_ssl_mode() != tokio_postgres::config::SslMode::Require {
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(connection);
+        return Ok(client);
+    }
+    let tls = URL_TLS.get().cloned().unwrap_or_else(|| pgbatch::Config::from(config));
+    let (client, connection) = config.connect(crate::tls::HarnessTls { config: tls }).await?;
+    tokio::spawn(connection);
     Ok(client)
 }
 
@@ -374,9 +485,18 @@ fn url_of(config: &Config) -> String {
     let password =
         config.get_password().map(|p| format!(":{}", encode(&String::from_utf8_lossy(p)))).unwrap_or_default();
     let dbname = config.get_dbname().map(encode).unwrap_or_default();
-    let options = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "?sslmode=disable",
-        _ => "",
+    let options = match (config.get_ssl_mode(), URL_TLS.get()) {
+        (tokio_postgres::config::SslMode::Disable, _) => "?sslmode=disable".to_owned(),
+        // DATABASE_URL's own TLS settings, for libraries that take a URL.
+        (tokio_postgres::config::SslMode::Require, Some(tls)) => {
+            let root = tls
+                .get_ssl_root_cert()
+                .map(|root| format!("&sslrootcert={}", encode(&root.to_string_lossy())))
+                .unwrap_or_default();
+            format!("?sslmode={}{root}", tls.get_ssl_mode().name())
+        }
+        (tokio_postgres::config::SslMode::Require, None) => "?sslmode=require".to_owned(),
+        _ => String::new(),
     };
     format!("postgres://{user}{password}@{host}:{port}/{dbname}{options}")
 }

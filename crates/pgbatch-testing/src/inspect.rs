@@ -38,3 +38,17 @@ pub async fn query_rows(client: &Client, sql: &str) -> Result<Vec<Vec<Option<Str
 pub async fn query_value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
     Ok(query_rows(client, sql).await?.into_iter().next().and_then(|row| row.into_iter().next().flatten()))
 }
+
+/// The count `sql` returns (its first column of its first row, read as an integer), with
+/// a simple query. Panics, naming `sql`, when the query fails or returns no count: it is
+/// meant for assertions in tests.
+///
+/// ```no_run
+/// # async fn example(client: &tokio_postgres::Client) {
+/// assert_eq!(pgbatch_testing::count(client, "SELECT count(*) FROM pg_prepared_xacts").await, 0);
+/// # }
+/// ```
+pub async fn count(client: &Client, sql: &str) -> i64 {
+    let value = query_value(client, sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
+    value.and_then(|value| value.parse().ok()).unwrap_or_else(|| panic!("{sql} returned no count"))
+}

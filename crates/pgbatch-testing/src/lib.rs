@@ -8,9 +8,11 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! use pgbatch_testing::{TestDatabase, query_value};
 //!
-//! let db = TestDatabase::create().await?; // dropped (with its data) after the test
-//! db.run_migrations(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).await?; // or run_sql_files
-//! let pool = db.pool(4).await?; // bb8::Pool<pgbatch::ConnectionManager>
+//! // Dropped (with its data) after the test. The migrations run once per process, into a
+//! // template database that each test's database copies; the template goes with the last
+//! // copy. (`TestDatabase::create` and `run_migrations` / `run_sql_files` do it by hand.)
+//! let (db, _versions) = TestDatabase::create_migrated(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations")).await?;
+//! let pool = db.pool(4).await?; // pgbatch::Pool
 //! // ... run the code under test with `pool`, then look at what it left:
 //! let client = db.connect().await?;
 //! let count = query_value(&client, "SELECT count(*) FROM project").await?;
@@ -25,16 +27,28 @@
 //!
 //! [`TestDatabase::create`] looks for a server in this order:
 //!
-//! 1. `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/postgres`);
+//! 1. `DATABASE_URL` (for example `postgres://postgres@127.0.0.1:5432/postgres`), read as
+//!    pgbatch reads a URL: `sslmode` up to `verify-full` and `sslrootcert` work for the
+//!    harness's own connections (creating and dropping databases, migrations,
+//!    [`TestDatabase::connect`]) as for the pool ([`TestDatabase::connection_config`]);
 //! 2. the libpq variables `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, when
 //!    `PGHOST` is set;
 //! 3. a server on PostgreSQL's standard address, `127.0.0.1:5432`, that lets the user
 //!    `postgres` in without a password (a local install with trust authentication);
 //! 4. a private cluster ([`LocalCluster`]) started from the PostgreSQL server binaries
 //!    installed on this machine, stopped and removed when the process exits;
-//! 5. a throwaway `postgres` container started through testcontainers, when a Docker daemon
-//!    answers;
+//! 5. a throwaway container of [`DEFAULT_IMAGE`] (`postgres:18`) started through
+//!    testcontainers, when a Docker daemon answers; `PGBATCH_TEST_IMAGE=name[:tag]` names
+//!    another image that behaves like the official one (`POSTGRES_USER`,
+//!    `POSTGRES_PASSWORD`, `POSTGRES_DB`, the ready message), such as a PostGIS one;
 //! 6. otherwise it fails with an error that names every way to provide one.
+//!
+//! `PGBATCH_TEST_SERVER` forces one source whatever else is set: `container` starts a
+//! container (one per test process, removed when the process exits), `cluster` a private
+//! cluster; any other value is an error ([`SetupError::InvalidServerSetting`]). When the
+//! forced source cannot be had, the error says why ([`SetupError::Container`],
+//! [`SetupError::Cluster`]). A container's start prints one line on stderr, such as
+//! `pgbatch-testing: container postgres:18 ready in 1197 ms at localhost:32769`.
 //!
 //! So `cargo test` needs no environment on a machine with PostgreSQL installed, running or
 //! not.
@@ -53,13 +67,26 @@
 //! ```
 
 mod cluster;
+mod container;
 mod database;
+mod faults;
+mod formation;
+mod harness;
 mod inspect;
 mod proxy;
 mod schema;
+mod template;
+mod tls;
 
 pub use cluster::{ClusterError, LocalCluster};
+pub use container::DEFAULT_IMAGE;
 pub use database::{ServerSource, SetupError, TestDatabase};
-pub use inspect::{query_rows, query_value};
+pub use faults::{Cut, FaultyPool, drop_after_polls};
+pub use formation::Formation;
+#[doc(hidden)]
+pub use harness::{TestHarness, TestSetup};
+pub use inspect::{count, query_rows, query_value};
+pub use pgbatch_testing_macros::test;
 pub use proxy::{Fault, Proxy, ProxyBuilder};
 pub use schema::SchemaError;
+pub use template::MigratedError;

@@ -47,6 +47,24 @@ pub enum Fault {
     /// directions without closing anything: the network stalls, until
     /// [`Proxy::resume_all`] or [`Proxy::kill_all`].
     StallAfterClientBytes(u64),
+    /// Forward the client's bytes up to the start of `pattern`, then stall as
+    /// [`StallAfterClientBytes`](Fault::StallAfterClientBytes) does: the server has run
+    /// the statements before it and waits for the rest.
+    StallBeforeClientSends {
+        /// The bytes to wait for.
+        pattern: Vec<u8>,
+    },
+    /// When the client's bytes contain `pattern`, forward what comes before it, close the
+    /// client's side at once, and deliver the bytes from the pattern on to the server
+    /// `after` later: a middlebox (a load balancer, PgBouncer, a stalled path) still
+    /// holding a request whose client gave up on the connection. The server's answers are
+    /// read and dropped; the server's side closes once the held bytes are delivered.
+    DeliverLater {
+        /// The bytes to wait for.
+        pattern: Vec<u8>,
+        /// How long the bytes are held.
+        after: Duration,
+    },
     /// Replace the first occurrence of `from` in the server's bytes with `to`.
     RewriteServer {
         /// The bytes to find.
@@ -171,6 +189,8 @@ struct Switches {
     kill: watch::Sender<bool>,
     stall: watch::Sender<bool>,
     mute: watch::Sender<bool>,
+    /// Closes the client's side only, while the server's side stays open.
+    release_client: watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -262,6 +282,7 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
         kill: watch::Sender::new(false),
         stall: watch::Sender::new(false),
         mute: watch::Sender::new(false),
+        release_client: watch::Sender::new(false),
     });
     shared.connections.lock().expect("proxy lock").push(Arc::downgrade(&switches));
     let direction = |side, read, write| Direction {
@@ -284,6 +305,9 @@ enum Verdict {
     ForwardThenClose(Vec<u8>),
     /// Forward these bytes, then stall the connection.
     ForwardThenStall(Vec<u8>),
+    /// Forward the first bytes now and the second after the delay, and close the client's
+    /// side at once.
+    ForwardThenHold(Vec<u8>, Vec<u8>, Duration),
 }
 
 impl Shared {
@@ -310,6 +334,8 @@ impl Shared {
             }
             Fault::CutAfterClientSends { pattern }
             | Fault::CutBeforeClientSends { pattern }
+            | Fault::StallBeforeClientSends { pattern }
+            | Fault::DeliverLater { pattern, .. }
             | Fault::RewriteServer { from: pattern, .. } => {
                 let mut window = std::mem::take(&mut state.tail);
                 let tail_len = window.len();
@@ -340,6 +366,13 @@ impl Shared {
                     // A pattern split across chunks cannot be rewritten any more: say so
                     // by closing, rather than pass the original on.
                     Fault::RewriteServer { .. } => Verdict::ForwardThenClose(Vec::new()),
+                    Fault::StallBeforeClientSends { .. } => {
+                        Verdict::ForwardThenStall(chunk[..start.saturating_sub(tail_len)].to_vec())
+                    }
+                    Fault::DeliverLater { after, .. } => {
+                        let at = start.saturating_sub(tail_len);
+                        Verdict::ForwardThenHold(chunk[..at].to_vec(), chunk[at..].to_vec(), after)
+                    }
                     _ => Verdict::ForwardThenClose(chunk[..start.saturating_sub(tail_len)].to_vec()),
                 }
             }
@@ -365,12 +398,15 @@ impl Direction {
         let mut writer_killed = switches.kill.subscribe();
         let mut stalled = switches.stall.subscribe();
         let muted = switches.mute.subscribe();
+        let mut client_released = switches.release_client.subscribe();
         let kill = switches.kill.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>, bool)>();
         let writer = async move {
             loop {
                 tokio::select! {
                     () = until(&mut writer_killed, true) => break,
+                    // The writer toward the client closes the client's side alone.
+                    () = until(&mut client_released, true), if side == Side::Server => break,
                     next = rx.recv() => {
                         let Some((due, bytes, close)) = next else { break };
                         wait_until(due, precise).await;
@@ -411,6 +447,15 @@ impl Direction {
                     Verdict::Forward(bytes) => (bytes, false, false),
                     Verdict::ForwardThenClose(bytes) => (bytes, true, false),
                     Verdict::ForwardThenStall(bytes) => (bytes, false, true),
+                    Verdict::ForwardThenHold(now, held, after) => {
+                        // The client's side closes now (its reader by leaving this loop);
+                        // the server gets the held bytes later, then end of stream.
+                        switches.mute.send_replace(true);
+                        switches.release_client.send_replace(true);
+                        let _ = tx.send((Instant::now() + delay, now, false));
+                        let _ = tx.send((Instant::now() + delay + after, held, false));
+                        break;
+                    }
                 };
                 if tx.send((Instant::now() + delay, bytes, close)).is_err() || close {
                     break;

@@ -125,8 +125,12 @@ impl TestDatabase {
     /// # Errors
     ///
     /// The [`ConnectError`] of the first connection.
-    pub async fn pool(&self, size: u32) -> Result<bb8::Pool<ConnectionManager>, ConnectError> {
-        bb8::Pool::builder().max_size(size).min_idle(Some(1)).build(ConnectionManager::new(self.config())).await
+    pub async fn pool(&self, size: u32) -> Result<pgbatch::Pool, ConnectError> {
+        bb8::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(1))
+            .build(ConnectionManager::new(self.connection_config()))
+            .await
     }
 }
 

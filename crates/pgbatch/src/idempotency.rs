@@ -18,13 +18,14 @@ use std::time::{Duration, SystemTime};
 
 pub use crate::error::AlreadyCommitted;
 use crate::error::{BuildError, Error};
+use crate::plan::Marker;
 pub use crate::plan::{DEFAULT_TABLE, IdempotencyKey};
 use crate::plan::{ddl, purge_sql};
-use crate::run::{maintenance, read_marker};
+use crate::run::{fence_or_read, maintenance};
 use crate::wire::Acquire;
 
 /// Whether the batch with a given key committed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Resolution {
     /// It committed, at this time by the server's clock.
@@ -32,8 +33,16 @@ pub enum Resolution {
         /// The commit time.
         at: SystemTime,
     },
-    /// It did not commit (or its marker was purged).
-    NotCommitted,
+    /// It did not commit, and now never will: the key is *fenced*, so a run of it still on
+    /// its way (its bytes held by a proxy or a stalled network path) fails when it
+    /// arrives. To run the batch again, give it the key in `replay`
+    /// ([`Batch::idempotency_key`](crate::Batch::idempotency_key)): only that key can turn
+    /// the fence into a commit, once. A run with the plain key fails with
+    /// [`Error::KeyFenced`].
+    NotCommitted {
+        /// The key to replay the batch with.
+        replay: IdempotencyKey,
+    },
 }
 
 /// The DDL of a marker table named `table`, for a migration: the table, keyed by the key,
@@ -59,23 +68,26 @@ pub async fn install<A: Acquire>(target: A, table: &str) -> Result<(), Error> {
 /// Tells whether the batch with `key` committed: run it on a fresh connection after
 /// [`Error::OutcomeUnknown`].
 ///
-/// The answer is final: the key's marker is the batch's first statement, so a batch the
+/// The answer is final. The key's marker is the batch's first statement, so a batch the
 /// server has started to run holds the marker's lock until it ends, and `resolve` waits
-/// for it (it tries to insert the marker itself, in a transaction it rolls back). Only a
-/// batch whose bytes had not reached the server yet could still come after the answer —
-/// a connection that stalled rather than closed, given up on by a caller's timeout; a
-/// batch whose connection was lost (the only way to get `OutcomeUnknown`) cannot. A replay
-/// with the same key is safe in every case: it commits at most once.
+/// for it. And when the key has not committed, `resolve` commits a *fence* in the marker's
+/// place before it answers: a run whose bytes had not reached the server yet (a connection
+/// that stalled rather than closed, a proxy or PgBouncer still holding them) collides with
+/// the fence when it arrives, and rolls back. So "not committed" can never be overturned;
+/// [`Resolution::NotCommitted`] carries the key a replay must use.
+///
+/// Resolving a fenced key again fences it anew: a replay made with the earlier answer's key
+/// then fails with [`Error::KeyFenced`], as a late copy of it would.
 ///
 /// # Errors
 ///
 /// As for [`Batch::run`](crate::Batch::run); it may itself end in `OutcomeUnknown`, which
-/// for this read-only query just means "ask again".
+/// just means "ask again".
 pub async fn resolve<A: Acquire>(target: A, key: &IdempotencyKey) -> Result<Resolution, Error> {
     let mut connection = target.acquire().await.map_err(Error::Pool)?;
-    Ok(match read_marker(&mut connection, key).await? {
-        Some(at) => Resolution::Committed { at },
-        None => Resolution::NotCommitted,
+    Ok(match fence_or_read(&mut connection, key).await? {
+        Marker::Committed(at) => Resolution::Committed { at },
+        Marker::Fenced(token) => Resolution::NotCommitted { replay: key.replaying(token) },
     })
 }
 
@@ -115,7 +127,7 @@ mod tests {
         let statements = [
             (purge_sql("ops_keys").unwrap(), "3600"),
             (crate::plan::lookup_sql("ops_keys").unwrap(), "'k42'"),
-            (crate::plan::probe_sql("ops_keys").unwrap(), "'k42'"),
+            (crate::plan::fence_sql("ops_keys").unwrap(), "'k42'"),
         ];
         for (index, (sql, argument)) in statements.iter().enumerate() {
             client.batch_execute(&format!("PREPARE p{index} AS {sql}")).await.unwrap();
@@ -139,6 +151,7 @@ mod tests {
     fn the_marker_table_has_a_primary_key() {
         let ddl = create_table_sql(DEFAULT_TABLE).unwrap();
         assert!(ddl.contains("key text PRIMARY KEY") && ddl.contains("(committed_at)"), "{ddl}");
+        assert!(ddl.contains("fence text"), "{ddl}");
         assert!(create_table_sql("keys; DROP TABLE x").is_err());
     }
 }

@@ -12,8 +12,9 @@ use tracing::field::Empty;
 
 use crate::error::{Error, ResultError};
 use crate::outcome::{Committed, EndVerdict};
-use crate::plan::{Handle, Results};
+use crate::plan::{Handle, Observed, Results};
 use crate::run::Batch;
+use crate::run::record::{Outcome, Watched, observe, record, statement_outcome};
 use crate::wire::{Acquire, Connection, End, Exchange};
 
 impl<E> Batch<E> {
@@ -40,9 +41,11 @@ impl<E> Batch<E> {
             error = Empty,
         );
         let started = Instant::now();
+        let mut observer = None;
         let prepared: Result<Prepared<A::Lease, E>, Error<E>> = async {
             let statements = self.wire_statements()?;
             let mut lease = target.acquire().await.map_err(Error::Pool)?;
+            observer.clone_from(&lease.session().observer);
             let begin = self.begin_sql();
             let reset_session = statements.iter().any(|s| s.sql.touches_session);
             let exchange = Exchange::new(Some(&begin), &statements, End::Open);
@@ -50,17 +53,30 @@ impl<E> Batch<E> {
             let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
             let ending = verdict.end_verdict();
             let results = verdict.judge(answers)?;
-            Ok(Prepared { lease, results: Some(results), open: true, reset_session, ending, domain: PhantomData })
+            // The statements' fate is told once the caller decides (or drops it).
+            let watched = observer.take().map(|observer| Watched {
+                observer,
+                labels: self.labels().map(|label| label.map(str::to_owned)).collect(),
+            });
+            Ok(Prepared {
+                lease,
+                results: Some(results),
+                open: true,
+                reset_session,
+                ending,
+                watched,
+                started,
+                domain: PhantomData,
+            })
         }
         .instrument(span.clone())
         .await;
         span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-        match &prepared {
-            // The transaction waits for the caller's decision.
-            Ok(_) => {
-                span.record("outcome", "open");
-            }
-            Err(error) => error.record_on(&span),
+        // The transaction waits for the caller's decision.
+        record(&span, &prepared, Outcome::Open);
+        if let (Err(error), Some(observer)) = (&prepared, observer) {
+            let outcome = |index| statement_outcome(Err(error), index);
+            observe(&*observer, self.labels(), outcome, started.elapsed(), 1);
         }
         prepared
     }
@@ -76,7 +92,7 @@ impl<E> Batch<E> {
 /// ```no_run
 /// # use diesel::prelude::*;
 /// # diesel::table! { disk (id) { id -> Int8, instance_id -> Nullable<Int8> } }
-/// # async fn example(pool: &bb8::Pool<pgbatch::ConnectionManager>) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example(pool: &pgbatch::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let mut batch = pgbatch::Batch::new();
 /// batch.push(diesel::update(disk::table.find(7)).set(disk::instance_id.eq(Some(3))));
 /// let attached = batch.push(disk::table.filter(disk::instance_id.eq(3)).count()).one::<i64>();
@@ -100,6 +116,10 @@ where
     /// Whether a statement may have changed the session, which is then reset at the end.
     reset_session: bool,
     ending: EndVerdict,
+    /// The connection's observer and the statements' labels, told of the decision.
+    watched: Option<Watched>,
+    /// When the first round trip began: the events' time covers both.
+    started: Instant,
     domain: PhantomData<fn() -> E>,
 }
 
@@ -131,7 +151,9 @@ where
     /// it failed before.
     pub async fn commit(mut self) -> Result<Committed, Error<E>> {
         self.end(End::Commit).await?;
-        Ok(Committed::new(self.results.take().expect("results of the first round trip"), 1))
+        let unconfirmed = self.lease.replication_unconfirmed();
+        let results = self.results.take().expect("results of the first round trip");
+        Ok(Committed::new(results, 1).with_replication_unconfirmed(unconfirmed))
     }
 
     /// Rolls back: the second round trip.
@@ -146,8 +168,8 @@ where
 
     async fn end(&mut self, end: End) -> Result<(), Error<E>> {
         let (decision, decided) = match end {
-            End::Commit => ("commit", "committed"),
-            _ => ("rollback", "rolled_back"),
+            End::Commit => ("commit", Outcome::Committed),
+            _ => ("rollback", Outcome::RolledBack),
         };
         let span =
             tracing::debug_span!("pgbatch.decide", decision, round_trip_ms = Empty, outcome = Empty, error = Empty);
@@ -160,13 +182,23 @@ where
             Err(reason) => Err(crate::outcome::not_sent(reason, |_| None)),
         };
         span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-        match &ended {
-            Ok(()) => {
-                span.record("outcome", decided);
-            }
-            Err(error) => error.record_on(&span),
-        }
+        record(&span, &ended, decided);
+        // The statements ran in the first round trip: they are committed, rolled back, or
+        // unknown with the decision.
+        let outcome = match (&ended, end) {
+            (Ok(()), End::Commit) => Observed::Committed,
+            (Err(Error::OutcomeUnknown(_)), _) => Observed::Unknown,
+            _ => Observed::RolledBack,
+        };
+        self.tell(outcome);
         ended
+    }
+
+    /// Tells the connection's observer, once, what became of every statement.
+    fn tell(&mut self, outcome: Observed) {
+        if let Some(Watched { observer, labels }) = self.watched.take() {
+            observe(&*observer, labels.iter().map(Option::as_deref), |_| outcome, self.started.elapsed(), 1);
+        }
     }
 }
 
@@ -178,6 +210,7 @@ where
         if self.open {
             tracing::debug!("two-phase batch dropped undecided: rolling back");
             self.lease.queue_rollback();
+            self.tell(Observed::RolledBack);
         }
     }
 }

@@ -1,12 +1,16 @@
 //! A small service in the shape of scenario C1: create a project *and* count it against
 //! its tenant's quota, both or neither, in one round trip.
 //!
+//! Its reads are ordinary diesel-async queries and its writes are batches, on one pool:
+//! pgbatch's connection is a diesel-async connection (feature `diesel-async`).
+//!
 //! Its tests (`tests/projects.rs`) show how a service tests itself with `pgbatch-testing`:
 //! a database of its own per test, the schema from the service's Diesel migrations, and a
 //! pool ready to use. Run them with `cargo test -p quota-service`.
 
-use diesel::prelude::*;
-use pgbatch::{Batch, Cause, ConnectionManager, Error};
+use diesel::{ExpressionMethods, QueryDsl};
+use diesel_async::RunQueryDsl;
+use pgbatch::{Batch, Cause, Error};
 use uuid::Uuid;
 
 #[allow(missing_docs)]
@@ -59,11 +63,7 @@ pub enum CreateProjectError {
 ///
 /// [`CreateProjectError::QuotaExhausted`] and [`CreateProjectError::NameTaken`] leave
 /// everything as it was; [`CreateProjectError::Database`] for anything else.
-pub async fn create_project(
-    pool: &bb8::Pool<ConnectionManager>,
-    tenant: &str,
-    name: &str,
-) -> Result<Uuid, CreateProjectError> {
+pub async fn create_project(pool: &pgbatch::Pool, tenant: &str, name: &str) -> Result<Uuid, CreateProjectError> {
     let id = Uuid::new_v4();
     let mut batch = Batch::new();
     batch
@@ -91,4 +91,45 @@ pub async fn create_project(
         }
         _ => CreateProjectError::Database(error),
     })
+}
+
+/// The projects of `tenant`, by name: a diesel-async query on a connection of the same pool
+/// the batches use.
+///
+/// # Errors
+///
+/// [`ReadError::Pool`] when no connection can be had, [`ReadError::Query`] when the query
+/// fails.
+pub async fn list_projects(pool: &pgbatch::Pool, tenant: &str) -> Result<Vec<(Uuid, String)>, ReadError> {
+    let mut connection = pool.get().await.map_err(|error| ReadError::Pool(error.to_string()))?;
+    Ok(project::table
+        .filter(project::tenant.eq(tenant))
+        .order(project::name)
+        .select((project::id, project::name))
+        .load(&mut *connection)
+        .await?)
+}
+
+/// How many more projects `tenant` may create.
+///
+/// # Errors
+///
+/// As for [`list_projects`]; `diesel::result::Error::NotFound` inside
+/// [`ReadError::Query`] for an unknown tenant.
+pub async fn projects_left(pool: &pgbatch::Pool, tenant: &str) -> Result<i64, ReadError> {
+    let mut connection = pool.get().await.map_err(|error| ReadError::Pool(error.to_string()))?;
+    Ok(quota::table.find(tenant).select(quota::projects_max - quota::projects_used).first(&mut *connection).await?)
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// No pooled connection could be had (the database unreachable, the pool exhausted):
+    /// try again later.
+    #[error("no database connection: {0}")]
+    Pool(String),
+    /// The query failed.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
 }

@@ -23,7 +23,7 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use pgbatch_bench::contenders::{BoxError, Clients, Contender, diesel_transaction, plain};
 use pgbatch_bench::report::{Cpu, HotRow, Latency, Report};
 use pgbatch_bench::workload::{EXTRA_SCHEMA, NoCustomTypes, Workload, hot_row};
-use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, section, thread_cpu, with_section};
+use pgbatch_bench::{BENCHMARKS_MD, KEPT_SECTIONS, Setup, quantile, section, thread_cpu, with_section};
 use pgbatch_scenarios::schema::project;
 use pgbatch_scenarios::seed::{Quotas, seed};
 use uuid::Uuid;
@@ -128,6 +128,7 @@ async fn compare(plan: Plan) -> Result<Report, BoxError> {
     // Synchronous: the measuring thread is the one the CPU clock reads.
     let mut cpu = render_cost(plan.cpu_iterations, silo)?;
     cpu.extend(client_cpu(&setup, silo, plan.cpu_transactions)?);
+    let single_query = pgbatch_bench::single_query::measure(&setup, plan.samples * 20, plan.samples * 2).await?;
     let environment = environment(&mut admin, plan.mode).await?;
     Ok(Report {
         mode: plan.mode,
@@ -137,6 +138,7 @@ async fn compare(plan: Plan) -> Result<Report, BoxError> {
         latencies,
         hot_row,
         cpu,
+        single_query,
     })
 }
 
@@ -359,12 +361,12 @@ async fn main() -> ExitCode {
     println!("{}", report.hot_row_table());
     println!("{}", report.cpu_table());
     let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs");
-    // Sections other binaries wrote (PgBouncer's figure) stay.
+    // Sections other binaries wrote (PgBouncer's figure, the session reset's) stay.
     let previous = std::fs::read_to_string(BENCHMARKS_MD).unwrap_or_default();
-    let markdown = match section(&previous, PGBOUNCER_SECTION) {
-        Some(kept) => with_section(&report.markdown(), PGBOUNCER_SECTION, kept),
-        None => report.markdown(),
-    };
+    let markdown = KEPT_SECTIONS.iter().fold(report.markdown(), |markdown, name| match section(&previous, name) {
+        Some(kept) => with_section(&markdown, name, kept),
+        None => markdown,
+    });
     let written = std::fs::write(BENCHMARKS_MD, markdown)
         .and_then(|()| std::fs::write(format!("{docs}/benchmarks.svg"), report.svg()));
     if let Err(error) = written {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgbatch::Connection;
 use pgbatch_bench::workload::Workload;
-use pgbatch_bench::{BENCHMARKS_MD, PGBOUNCER_SECTION, Setup, quantile, with_section};
+use pgbatch_bench::{PGBOUNCER_SECTION, Setup, main_with_pgbouncer_port, quantile, write_section};
 use pgbatch_scenarios::seed::{Quotas, seed};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -83,24 +83,11 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
          each after {WARMUP} warm-up batches.\n\n{table}\n{summary}\n",
         version.lines().next().unwrap_or("PgBouncer").trim()
     );
-    let doc = std::fs::read_to_string(BENCHMARKS_MD).unwrap_or_default();
-    std::fs::write(BENCHMARKS_MD, with_section(&doc, PGBOUNCER_SECTION, &body))
-        .map_err(|e| format!("writing {BENCHMARKS_MD}: {e}"))?;
+    write_section(PGBOUNCER_SECTION, &body)?;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let port = std::env::args().nth(1).map_or(Ok(6432), |port| port.parse::<u16>());
-    let Ok(port) = port else {
-        eprintln!("pgbouncer: the argument is PgBouncer's port on 127.0.0.1 (default 6432)");
-        return ExitCode::FAILURE;
-    };
-    match measure(port).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("pgbouncer: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    main_with_pgbouncer_port("pgbouncer", measure).await
 }

@@ -13,8 +13,23 @@ use diesel::pg::{Pg, PgMetadataLookup, PgTypeMetadata};
 use diesel::query_builder::QueryFragment;
 use diesel::query_builder::bind_collector::RawBytesBindCollector;
 
-use super::statement::TypeName;
 use crate::error::BuildError;
+
+/// A custom type's name, as Diesel asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TypeName {
+    pub(crate) schema: Option<String>,
+    pub(crate) name: String,
+}
+
+impl std::fmt::Display for TypeName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
 
 /// A bind whose type is a custom type, resolved per connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

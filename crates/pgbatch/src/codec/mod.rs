@@ -10,7 +10,14 @@ mod scan;
 mod sql_shape;
 mod statement;
 
-pub(crate) use row::{Column, DieselRow, Row, StepOutput};
+pub(crate) use binds::TypeName;
+#[cfg(not(feature = "diesel-async"))]
+pub(crate) use row::Row;
+pub(crate) use row::{Column, StepOutput};
+#[cfg(feature = "diesel-async")]
+pub use row::{DieselField, Row};
+#[cfg(feature = "diesel-async")]
+pub(crate) use sql_shape::{Boundary, boundary};
 pub(crate) use sql_shape::{SqlShape, shape, without_terminator};
 pub use statement::MAX_BINDS;
-pub(crate) use statement::{Statement, TypeName};
+pub(crate) use statement::Statement;

@@ -17,9 +17,11 @@ pub(crate) struct Column {
     pub(crate) type_oid: u32,
 }
 
-/// One row of a statement's result, in binary format.
+/// One row of a statement's result, in binary format, as Diesel decodes it.
+// Public as the row type of diesel-async queries (feature `diesel-async`).
+#[cfg_attr(not(feature = "diesel-async"), allow(unreachable_pub))]
 #[derive(Debug, Clone)]
-pub(crate) struct Row {
+pub struct Row {
     columns: Arc<[Column]>,
     /// The `DataRow` message's body; `values` index it.
     body: Bytes,
@@ -45,12 +47,11 @@ pub(crate) struct StepOutput {
     pub(crate) affected: u64,
 }
 
-/// A row seen as a Diesel row.
-pub(crate) struct DieselRow<'r>(pub(crate) &'r Row);
+// A row is a Diesel row: batches decode their results from it, and it is the row type of
+// diesel-async queries (feature `diesel-async`).
+impl RowSealed for Row {}
 
-impl RowSealed for DieselRow<'_> {}
-
-impl<'a> diesel::row::Row<'a, Pg> for DieselRow<'_> {
+impl<'a> diesel::row::Row<'a, Pg> for Row {
     type Field<'f>
         = DieselField<'f>
     where
@@ -59,7 +60,7 @@ impl<'a> diesel::row::Row<'a, Pg> for DieselRow<'_> {
     type InnerPartialRow = Self;
 
     fn field_count(&self) -> usize {
-        self.0.values.len()
+        self.values.len()
     }
 
     fn get<'b, I>(&'b self, index: I) -> Option<Self::Field<'b>>
@@ -68,9 +69,9 @@ impl<'a> diesel::row::Row<'a, Pg> for DieselRow<'_> {
         Self: RowIndex<I>,
     {
         let index = self.idx(index)?;
-        let column = self.0.columns.get(index)?;
+        let column = self.columns.get(index)?;
         let oid = NonZeroU32::new(column.type_oid)?;
-        Some(DieselField { row: self.0, index, oid })
+        Some(DieselField { row: self, index, oid })
     }
 
     fn partial_row(&self, range: Range<usize>) -> PartialRow<'_, Self::InnerPartialRow> {
@@ -78,19 +79,22 @@ impl<'a> diesel::row::Row<'a, Pg> for DieselRow<'_> {
     }
 }
 
-impl RowIndex<usize> for DieselRow<'_> {
+impl RowIndex<usize> for Row {
     fn idx(&self, index: usize) -> Option<usize> {
-        (index < self.0.values.len()).then_some(index)
+        (index < self.values.len()).then_some(index)
     }
 }
 
-impl<'n> RowIndex<&'n str> for DieselRow<'_> {
+impl<'n> RowIndex<&'n str> for Row {
     fn idx(&self, name: &'n str) -> Option<usize> {
-        self.0.columns.iter().position(|c| c.name == name)
+        self.columns.iter().position(|c| c.name == name)
     }
 }
 
-pub(crate) struct DieselField<'f> {
+/// One value of a row, as Diesel reads it.
+// Public as the field type of the rows diesel-async queries load (feature `diesel-async`).
+#[cfg_attr(not(feature = "diesel-async"), allow(unreachable_pub))]
+pub struct DieselField<'f> {
     row: &'f Row,
     index: usize,
     oid: NonZeroU32,

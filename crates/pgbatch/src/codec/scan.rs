@@ -9,6 +9,9 @@ pub(crate) struct Word<'a> {
     pub(crate) depth: usize,
     /// Where the word ends in the SQL text.
     pub(crate) end: usize,
+    /// Whether the word is the first of a statement: the first of the text, or the first
+    /// after a `;` outside parentheses.
+    pub(crate) starts_statement: bool,
 }
 
 impl Word<'_> {
@@ -22,11 +25,13 @@ pub(crate) struct Words<'a> {
     sql: &'a str,
     at: usize,
     depth: usize,
+    /// Whether the next word starts a statement.
+    at_statement_start: bool,
 }
 
 impl<'a> Words<'a> {
     pub(crate) fn new(sql: &'a str) -> Self {
-        Words { sql, at: 0, depth: 0 }
+        Words { sql, at: 0, depth: 0, at_statement_start: true }
     }
 
     /// Only the words outside parentheses.
@@ -56,6 +61,10 @@ impl<'a> Iterator for Words<'a> {
                     self.depth = self.depth.saturating_sub(1);
                     self.at += 1;
                 }
+                b';' => {
+                    self.at_statement_start |= self.depth == 0;
+                    self.at += 1;
+                }
                 b if b.is_ascii_alphabetic() || b == b'_' || b >= 0x80 => {
                     let end = bytes[i..]
                         .iter()
@@ -65,7 +74,8 @@ impl<'a> Iterator for Words<'a> {
                     // `E'..'`, `B'..'`, `X'..'` and `N'..'`: a prefix of the literal that follows.
                     let prefix = end == i + 1 && bytes.get(end) == Some(&b'\'') && b"EeBbXxNn".contains(&b);
                     if !prefix {
-                        return Some(Word { text: &sql[i..end], depth: self.depth, end });
+                        let starts_statement = std::mem::take(&mut self.at_statement_start);
+                        return Some(Word { text: &sql[i..end], depth: self.depth, end, starts_statement });
                     }
                 }
                 _ => self.at += 1,

@@ -231,6 +231,59 @@ pub(crate) fn shape(sql: &str) -> SqlShape {
 
 const VERBS: &[&str] = &["SELECT", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "MERGE"];
 
+/// Where a caller's SQL text (one statement, or several sent as one simple query) leaves
+/// the transaction, as far as its statements' first words tell. Only explicit statements
+/// open or end a transaction block: nothing called from SQL (a function, a procedure, a
+/// `DO` block) can leave one open.
+#[cfg(any(feature = "diesel-async", test))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Boundary {
+    /// No statement opens or ends a transaction block.
+    Keeps,
+    /// It ends with a plain `COMMIT`, `END`, `ROLLBACK` or `ABORT` (not `ROLLBACK TO`, not
+    /// `AND CHAIN`), after which nothing opens another: it ends outside any transaction.
+    Ends {
+        /// Whether the end is a commit (`COMMIT`, `END`), which an aborted transaction
+        /// answers by rolling back.
+        commits: bool,
+    },
+    /// Anything else: a statement opens a block (`BEGIN`, `START`), or moves the boundary
+    /// in a way this does not follow.
+    Other,
+}
+
+/// Reads [`Boundary`] from the first words of each statement of `sql`.
+#[cfg(any(feature = "diesel-async", test))]
+pub(crate) fn boundary(sql: &str) -> Boundary {
+    let mut result = Boundary::Keeps;
+    let mut words = Words::top_level(sql).peekable();
+    while let Some(word) = words.next() {
+        if !word.starts_statement {
+            continue;
+        }
+        let mut statement = vec![word];
+        while let Some(next) = words.next_if(|w| !w.starts_statement) {
+            statement.push(next);
+        }
+        let first = statement[0];
+        let has = |keyword: &str| statement.iter().any(|w| w.is(keyword));
+        let ends = ["COMMIT", "END", "ROLLBACK", "ABORT"].iter().any(|k| first.is(k));
+        let plain_end = ends && !has("CHAIN") && !(first.is("ROLLBACK") && has("TO"));
+        // `PREPARE name AS ...` prepares a statement; `PREPARE TRANSACTION` ends one.
+        let moves = ["BEGIN", "START", "SAVEPOINT", "RELEASE"].iter().any(|k| first.is(k))
+            || (first.is("PREPARE") && has("TRANSACTION"));
+        result = if plain_end {
+            Boundary::Ends { commits: first.is("COMMIT") || first.is("END") }
+        } else if ends || moves || result == Boundary::Other {
+            Boundary::Other
+        } else {
+            // A statement after an end runs outside the transaction: still ended.
+            result
+        };
+    }
+    result
+}
+
 /// `sql` without trailing white space, comments and a final `;`, so that text can be
 /// appended to it or it can be wrapped in parentheses.
 pub(crate) fn without_terminator(sql: &str) -> &str {
@@ -244,6 +297,27 @@ pub(crate) fn without_terminator(sql: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn boundaries_of_callers_sql() {
+        use Boundary::*;
+        assert_eq!(boundary("SELECT 1"), Keeps);
+        assert_eq!(boundary("SET search_path = x; SELECT 'BEGIN'; -- COMMIT"), Keeps);
+        assert_eq!(boundary("DO $$ BEGIN COMMIT; END $$"), Keeps);
+        assert_eq!(boundary("PREPARE p AS SELECT 1"), Keeps);
+        assert_eq!(boundary("COMMIT"), Ends { commits: true });
+        assert_eq!(boundary("end transaction;"), Ends { commits: true });
+        assert_eq!(boundary("ROLLBACK"), Ends { commits: false });
+        assert_eq!(boundary("BEGIN; INSERT INTO t VALUES (1); COMMIT; SELECT 1"), Ends { commits: true });
+        assert_eq!(boundary("BEGIN"), Other);
+        assert_eq!(boundary("BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE"), Other);
+        assert_eq!(boundary("SELECT 1; START TRANSACTION"), Other);
+        assert_eq!(boundary("COMMIT; BEGIN"), Other);
+        assert_eq!(boundary("COMMIT AND CHAIN"), Other);
+        assert_eq!(boundary("ROLLBACK TO SAVEPOINT diesel_savepoint_1"), Other);
+        assert_eq!(boundary("SAVEPOINT s"), Other);
+        assert_eq!(boundary("PREPARE TRANSACTION 'x'"), Other);
+    }
 
     #[test]
     fn shapes_of_common_statements() {

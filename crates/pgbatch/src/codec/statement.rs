@@ -25,22 +25,6 @@ pub const MAX_BINDS: usize = u16::MAX as usize;
 /// The largest value the protocol can carry in one bind (its length is an `i32`).
 const MAX_BIND_BYTES: usize = i32::MAX as usize;
 
-/// A custom type's name, as Diesel asks for it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct TypeName {
-    pub(crate) schema: Option<String>,
-    pub(crate) name: String,
-}
-
-impl std::fmt::Display for TypeName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.schema {
-            Some(schema) => write!(f, "{schema}.{}", self.name),
-            None => f.write_str(&self.name),
-        }
-    }
-}
-
 /// SQL text that passed the checks a batch makes before sending.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckedSql {
@@ -112,6 +96,21 @@ impl Statement {
         Q: QueryFragment<Pg> + ?Sized,
     {
         Self::from_parts(CheckedSql::new(&render_sql(query)?)?, binds::collect(query)?)
+    }
+
+    /// Renders a statement the caller runs on its own (a diesel-async query), not inside
+    /// a batch: none of a batch's checks on the SQL apply, only the protocol's limits.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) fn render_for_caller<Q>(query: &Q) -> Result<Self, BuildError>
+    where
+        Q: QueryFragment<Pg> + ?Sized,
+    {
+        let sql = render_sql(query)?;
+        if sql.contains('\0') {
+            return Err(BuildError::InvalidSql { reason: "the SQL text contains a NUL byte" });
+        }
+        let sql = CheckedSql { text: Arc::from(sql), touches_session: true };
+        Self::from_parts(sql, binds::collect(query)?)
     }
 
     /// A statement of checked SQL and the binds collected for it.

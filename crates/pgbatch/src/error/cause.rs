@@ -26,6 +26,13 @@ pub enum Cause {
     SerializationFailure(Box<ServerError>),
     /// `40P01`: the transaction was chosen as a deadlock victim. Safe to retry.
     Deadlock(Box<ServerError>),
+    /// `25006`: the server does not accept writes: a hot standby, or a primary that is
+    /// still read-only during a failover. Nothing was written. A batch run on a pool is
+    /// replayed on a fresh connection (this one is discarded: it will not become
+    /// writable), as its retry policy allows; on a bare connection, reconnect, with
+    /// `target_session_attrs=read-write` so that only a server that accepts writes is
+    /// chosen.
+    ReadOnly(Box<ServerError>),
     /// A guard of the batch failed on the server.
     GuardFailed(GuardFailure),
     /// Any other SQLSTATE, with the server's message, detail and hint.
@@ -44,6 +51,7 @@ impl Cause {
             SqlState::EXCLUSION_VIOLATION => Cause::ExclusionViolation(violation(error)),
             SqlState::T_R_SERIALIZATION_FAILURE => Cause::SerializationFailure(Box::new(error)),
             SqlState::T_R_DEADLOCK_DETECTED => Cause::Deadlock(Box::new(error)),
+            SqlState::READ_ONLY_SQL_TRANSACTION => Cause::ReadOnly(Box::new(error)),
             _ => Cause::Server(Box::new(error)),
         }
     }
@@ -58,6 +66,7 @@ impl Cause {
             Cause::ExclusionViolation(_) => "exclusion violation",
             Cause::SerializationFailure(_) => "serialization failure",
             Cause::Deadlock(_) => "deadlock",
+            Cause::ReadOnly(_) => "read-only server",
             Cause::GuardFailed(_) => "guard failed",
             Cause::Server(_) => "server error",
         }
@@ -83,7 +92,7 @@ impl Cause {
     /// The server's error, for every variant but [`Cause::GuardFailed`].
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            Cause::SerializationFailure(e) | Cause::Deadlock(e) | Cause::Server(e) => Some(e),
+            Cause::SerializationFailure(e) | Cause::Deadlock(e) | Cause::ReadOnly(e) | Cause::Server(e) => Some(e),
             Cause::GuardFailed(_) => None,
             _ => self.violation().map(|v| &*v.error),
         }
@@ -111,6 +120,12 @@ impl fmt::Display for Cause {
         match self {
             Cause::SerializationFailure(e) | Cause::Deadlock(e) => write!(f, "{}: {}", self.kind(), e.message()),
             Cause::GuardFailed(guard) => guard.fmt(f),
+            Cause::ReadOnly(e) => write!(
+                f,
+                "the server does not accept writes ({}): it is a standby or not yet a writable primary; connect \
+                 with target_session_attrs=read-write",
+                e.message()
+            ),
             Cause::Server(e) => e.fmt(f),
             _ => {
                 let violation = self.violation().expect("integrity variants carry a violation");

@@ -44,7 +44,8 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
-    /// The server did not finish the handshake within the configured `connect_timeout`.
+    /// The server did not finish the handshake within the configured `connect_timeout`
+    /// (or, for a cancel request, did not acknowledge it in time).
     #[error("connecting to {host} timed out after {after:?}")]
     Timeout {
         /// The host and port tried.
@@ -92,6 +93,29 @@ pub enum ConnectError {
     /// A pool discards it; open a new one.
     #[error("the connection is closed")]
     Closed,
+    /// The server is not the kind `target_session_attrs` asks for: a hot standby or a
+    /// read-only server when one that accepts writes is wanted, a primary when a standby
+    /// is. With several hosts the next one is tried; alone, this says which host was what.
+    /// During a failover, the new primary may still be read-only for a moment: retry.
+    #[error("{host} is {found}, and target_session_attrs={wanted} asks for another kind of server")]
+    WrongServer {
+        /// The host tried.
+        host: String,
+        /// What the server is.
+        found: &'static str,
+        /// The `target_session_attrs` value.
+        wanted: &'static str,
+    },
+    /// None of several hosts gave a suitable connection: each host's reason, in the order
+    /// they were tried (a host refusing, timing out, or being the wrong kind of server).
+    #[error(
+        "no host gave a suitable connection: {}",
+        failures.iter().map(|(host, error)| format!("{host}: {error}")).collect::<Vec<_>>().join("; ")
+    )]
+    NoSuitableHost {
+        /// Each host tried (`host:port`) and why it failed.
+        failures: Vec<(String, ConnectError)>,
+    },
     /// The connection is open but not idle: answers of an interrupted batch are still
     /// due, or the server reports a transaction in progress. A pool discards it.
     #[error("the connection is not idle: an interrupted batch left it in an unknown state")]

@@ -31,7 +31,7 @@ pub use unknown::{AlreadyCommitted, OutcomeUnknown, UnknownReason};
 /// | variant | committed? |
 /// |---|---|
 /// | [`Invalid`](Error::Invalid), [`ConnectionClosed`](Error::ConnectionClosed), [`Pool`](Error::Pool) | no, nothing was sent |
-/// | [`Begin`](Error::Begin), [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`IdempotencyMarker`](Error::IdempotencyMarker), [`Connection`](Error::Connection) | no, the transaction was rolled back |
+/// | [`Begin`](Error::Begin), [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`IdempotencyMarker`](Error::IdempotencyMarker), [`KeyFenced`](Error::KeyFenced), [`Connection`](Error::Connection) | no, the transaction was rolled back |
 /// | [`AlreadyCommitted`](Error::AlreadyCommitted) | not now: an earlier run with the same key did |
 /// | [`OutcomeUnknown`](Error::OutcomeUnknown) | unknown: it may have committed |
 ///
@@ -118,6 +118,23 @@ pub enum Error<E = Infallible> {
         attempts: u32,
     },
 
+    /// The batch's idempotency key is *fenced*: a resolution ([`resolve`](crate::idempotency::resolve),
+    /// or a pool settling an unknown outcome) found it not committed and voided it, so that
+    /// the lost run can never commit if its bytes arrive late. This run is refused like that
+    /// lost run would be: nothing was committed.
+    ///
+    /// To replay the batch, resolve the key again and run the batch with the key that
+    /// [`Resolution::NotCommitted`](crate::idempotency::Resolution::NotCommitted) returns.
+    #[error(
+        "batch rolled back: its idempotency key {key:?} was fenced by a resolution that found it not committed; \
+         to replay, resolve the key and run the batch with the key the resolution returns"
+    )]
+    KeyFenced {
+        /// The key.
+        key: String,
+        /// How many times the batch was run.
+        attempts: u32,
+    },
     /// The connection was already closed, or left unusable by an interrupted batch, when
     /// this batch started: nothing was sent. Run the batch again; a pool discards such
     /// connections by itself.
@@ -127,6 +144,34 @@ pub enum Error<E = Infallible> {
     /// No connection could be had from the pool. Nothing was sent.
     #[error("batch not sent: {0}")]
     Pool(#[source] PoolError),
+
+    /// The connection is inside a transaction the caller opened (a diesel-async
+    /// transaction, or `begin_test_transaction`), and this batch cannot join it: it has an
+    /// idempotency key (whose marker would commit or roll back with the caller, so that no
+    /// resolution could be final), transaction options (isolation, read-only) that only a
+    /// `BEGIN` can set, a retry policy that keeps its transaction (CockroachDB's), or it is
+    /// two-phase; or the enclosing transaction is already aborted. Nothing was sent, and the
+    /// caller's transaction is untouched.
+    ///
+    /// Run the batch outside the transaction (on another pooled connection, or after it
+    /// ends), or without what `reason` names; roll an aborted transaction back first.
+    #[error("batch not sent: the connection is inside a transaction the caller opened, and {reason}")]
+    InEnclosingTransaction {
+        /// Why the batch cannot join the transaction.
+        reason: &'static str,
+    },
+    /// The batch was given to a [`Multiplexed`](crate::Multiplexed) client but needs a
+    /// connection of its own: its retry policy keeps a transaction open between attempts
+    /// (CockroachDB's restart savepoint), which would hold the shared connection. Nothing
+    /// was sent.
+    ///
+    /// Run it on a pooled connection ([`Multiplexed::pool`](crate::Multiplexed::pool)), or
+    /// with a retry policy that replays whole batches.
+    #[error("batch not sent: it cannot share a multiplexed connection, because {reason}; run it on a pool")]
+    NotMultiplexable {
+        /// What needs a connection of its own.
+        reason: &'static str,
+    },
 }
 
 impl<E> Error<E> {
@@ -175,7 +220,7 @@ impl<E> Error<E> {
             Error::Begin(failure) => failure.attempts(),
             Error::Commit(failure) => failure.attempts(),
             Error::OutcomeUnknown(unknown) => unknown.attempts(),
-            Error::IdempotencyMarker { attempts, .. } => *attempts,
+            Error::IdempotencyMarker { attempts, .. } | Error::KeyFenced { attempts, .. } => *attempts,
             _ => 1,
         }
     }
@@ -184,22 +229,6 @@ impl<E> Error<E> {
     /// a statement or at commit.
     pub fn is_transient(&self) -> bool {
         self.cause().is_some_and(Cause::is_transient)
-    }
-
-    /// What became of the batch, as one word a log query can filter on: `not_committed`,
-    /// `already_committed` or `unknown` (a committed run logs `committed`).
-    pub(crate) fn outcome_name(&self) -> &'static str {
-        match self {
-            Error::OutcomeUnknown(_) => "unknown",
-            Error::AlreadyCommitted(_) => "already_committed",
-            _ => "not_committed",
-        }
-    }
-
-    /// Records this error on `span`'s `outcome` and `error` fields.
-    pub(crate) fn record_on(&self, span: &tracing::Span) {
-        span.record("outcome", self.outcome_name());
-        span.record("error", tracing::field::display(self.log_summary()));
     }
 
     /// The error for logs: no server messages, no values.
@@ -223,7 +252,10 @@ impl Error<Infallible> {
             Error::ConnectionClosed => Error::ConnectionClosed,
             Error::AlreadyCommitted(already) => Error::AlreadyCommitted(already),
             Error::IdempotencyMarker { cause, attempts } => Error::IdempotencyMarker { cause, attempts },
+            Error::KeyFenced { key, attempts } => Error::KeyFenced { key, attempts },
             Error::Pool(source) => Error::Pool(source),
+            Error::InEnclosingTransaction { reason } => Error::InEnclosingTransaction { reason },
+            Error::NotMultiplexable { reason } => Error::NotMultiplexable { reason },
         }
     }
 }

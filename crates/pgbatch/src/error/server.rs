@@ -29,6 +29,17 @@ pub struct ServerError {
 }
 
 impl ServerError {
+    /// Reads an `ErrorResponse`'s or `NoticeResponse`'s fields as the protocol decoder
+    /// hands them over.
+    pub(crate) fn parse(mut fields: postgres_protocol::message::backend::ErrorFields<'_>) -> Self {
+        use fallible_iterator::FallibleIterator;
+        let mut pairs = Vec::new();
+        while let Ok(Some(field)) = fields.next() {
+            pairs.push((field.type_(), String::from_utf8_lossy(field.value_bytes()).into_owned()));
+        }
+        Self::from_fields(pairs.iter().map(|(kind, value)| (*kind, value.as_str())))
+    }
+
     /// Builds the error from an `ErrorResponse`'s fields, given as (field type, value)
     /// pairs in the order the server sent them. Fields a server leaves out stay `None`; a
     /// response without a code or message gets the generic `XX000` and an empty message.

@@ -54,6 +54,11 @@ impl<E> fmt::Display for LogSummary<'_, E> {
             Error::Pool(source) => source.fmt(f),
             Error::AlreadyCommitted(already) => already.fmt(f),
             Error::IdempotencyMarker { cause, .. } => write!(f, "idempotency marker failed: {}", CauseSummary(cause)),
+            Error::KeyFenced { .. } => f.write_str("not committed: the idempotency key is fenced"),
+            Error::InEnclosingTransaction { reason } => {
+                write!(f, "not sent: inside the caller's transaction, and {reason}")
+            }
+            Error::NotMultiplexable { reason } => write!(f, "not sent: cannot be multiplexed, because {reason}"),
         }
     }
 }

@@ -82,33 +82,33 @@ impl std::error::Error for OutcomeUnknown {
 
 /// The batch with this key committed, in an earlier call (this run applied nothing), or in
 /// this call when its answer was lost and pgbatch settled it by resolving the key (see
-/// [`was_settled`](Self::was_settled)). Either way the key's batch is in the database
+/// [`committed_by_this_call`](Self::committed_by_this_call)). Either way the key's batch is in the database
 /// exactly once: treat it as success.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("batch with idempotency key {key:?} already committed{}", committed_at.map(|_| "").unwrap_or(" (its marker has just been purged)"))]
 pub struct AlreadyCommitted {
     key: String,
     committed_at: Option<SystemTime>,
-    settled: bool,
+    by_this_call: bool,
 }
 
 impl AlreadyCommitted {
     pub(crate) fn new(key: String, committed_at: Option<SystemTime>) -> Self {
-        AlreadyCommitted { key, committed_at, settled: false }
+        AlreadyCommitted { key, committed_at, by_this_call: false }
     }
 
     /// The batch of this very call committed, but its connection was lost before the
-    /// answer came back; pgbatch learnt it by resolving the key on another connection.
-    pub(crate) fn settled(mut self) -> Self {
-        self.settled = true;
+    /// answer came back; pgbatch learnt it by reading the key on another connection.
+    pub(crate) fn by_this_call(mut self) -> Self {
+        self.by_this_call = true;
         self
     }
 
-    /// Whether this call's own run committed and pgbatch settled it after losing the
+    /// Whether this call's own run committed, and pgbatch learnt it after losing the
     /// answer (rather than an earlier call committing the key): the rows are there, the
     /// results of this run were lost with its connection.
-    pub fn was_settled(&self) -> bool {
-        self.settled
+    pub fn committed_by_this_call(&self) -> bool {
+        self.by_this_call
     }
 
     /// The key.

@@ -22,7 +22,7 @@
 //!
 //! ```no_run
 //! # use pgbatch::intent::Intents;
-//! # async fn example(pool: &bb8::Pool<pgbatch::ConnectionManager>) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn example(pool: &pgbatch::Pool) -> Result<(), Box<dyn std::error::Error>> {
 //! let intents = Intents::new();
 //! intents.install(pool).await?;
 //! let mut batch = pgbatch::Batch::<pgbatch::intent::IntentError>::default();

@@ -97,6 +97,17 @@ impl IntentSql {
         )
     }
 
+    /// Extends the claim `$2` on pending intent `$1` to `$3` seconds from now: one row when
+    /// the claim is still this sweep's, none when another sweep took the intent over (or it
+    /// was finished).
+    pub(crate) fn renew(&self) -> String {
+        format!(
+            "UPDATE {} SET claimed_until = now() + $3 * INTERVAL '1 second' \
+             WHERE id = $1 AND claim = $2 AND state = 'pending'",
+            self.table
+        )
+    }
+
     /// Lets go of the claim `$2` on intent `$1` (the claim counted the attempt).
     pub(crate) fn release(&self) -> String {
         format!("UPDATE {} SET claim = NULL, claimed_until = NULL WHERE id = $1 AND claim = $2", self.table)
@@ -135,6 +146,7 @@ mod tests {
             sql.cancelled(),
             sql.finish(Finish::Done),
             sql.finish_claimed(Finish::Cancelled),
+            sql.renew(),
             sql.release(),
             sql.claim(),
             sql.purge(),

@@ -11,7 +11,7 @@ use super::{Intent, Intents};
 use crate::error::{Cause, Error};
 use crate::plan::Fragment;
 use crate::run::Batch;
-use crate::wire::ConnectionManager;
+use crate::wire::Pool;
 
 /// What a sweep does with one intent, as user code decides it.
 #[derive(Debug)]
@@ -35,7 +35,10 @@ pub struct SweepOptions {
     /// Only intents pending for longer than this are swept: younger ones belong to
     /// requests still running.
     pub older_than: Duration,
-    /// How long a claim keeps other sweeps off an intent: longer than deciding takes.
+    /// How long a claim keeps other sweeps off an intent. The sweep renews the claim just
+    /// before it hands the intent to `decide`, and every third of the lease while `decide`
+    /// runs, so the lease only has to outlast a sweep that died: then the intent waits this
+    /// long for the next sweep.
     pub lease: Duration,
     /// The most intents one sweep claims.
     pub limit: u32,
@@ -122,6 +125,14 @@ impl Intents {
     /// and applies its [`Decision`] in a batch guarded on the claim still being this
     /// sweep's. Each claim counts as an attempt on the intent.
     ///
+    /// An intent is handed to `decide` only under a live claim: the claim is renewed just
+    /// before (an intent whose claim lapsed while earlier ones were decided, and that another
+    /// sweep took over, is counted as lost and not handed over), and renewed every third of
+    /// the lease while `decide` runs, so that no other sweep can take the intent while its
+    /// effects are being decided. If a renewal finds the claim taken (the database was out
+    /// of reach for longer than the lease), the decision is not applied and the intent is
+    /// counted as lost.
+    ///
     /// Logs an event per intent (`pgbatch.intent` target, with its kind, id and attempts)
     /// and returns what it did.
     ///
@@ -129,12 +140,7 @@ impl Intents {
     ///
     /// When the claim itself fails (the pool, the table); failures of single intents are
     /// counted in the report instead.
-    pub async fn sweep<F, Fut>(
-        &self,
-        pool: &bb8::Pool<ConnectionManager>,
-        options: SweepOptions,
-        mut decide: F,
-    ) -> Result<SweepReport, Error>
+    pub async fn sweep<F, Fut>(&self, pool: &Pool, options: SweepOptions, mut decide: F) -> Result<SweepReport, Error>
     where
         F: FnMut(Intent) -> Fut,
         Fut: Future<Output = Decision>,
@@ -164,12 +170,19 @@ impl Intents {
                 created_at: SystemTime::UNIX_EPOCH + Duration::from_secs_f64(row.created_at.max(0.0)),
             };
             let (id, kind, attempts) = (intent.id, intent.kind.clone(), intent.attempts);
-            let outcome = match decide(intent).await {
-                Decision::RollForward(fragment) => self.finish_claimed(pool, id, claim, Finish::Done, fragment).await,
-                Decision::Compensate(fragment) => {
-                    self.finish_claimed(pool, id, claim, Finish::Cancelled, fragment).await
+            let outcome = if !self.renew(pool, id, claim, options.lease).await {
+                Finished::Lost
+            } else {
+                match self.decide_under_claim(pool, id, claim, options.lease, decide(intent)).await {
+                    None => Finished::Lost,
+                    Some(Decision::RollForward(fragment)) => {
+                        self.finish_claimed(pool, id, claim, Finish::Done, fragment).await
+                    }
+                    Some(Decision::Compensate(fragment)) => {
+                        self.finish_claimed(pool, id, claim, Finish::Cancelled, fragment).await
+                    }
+                    Some(Decision::Later) => Finished::Later,
                 }
-                Decision::Later => Finished::Later,
             };
             if matches!(outcome, Finished::Later | Finished::Failed) {
                 self.release(pool, id, claim).await;
@@ -187,15 +200,55 @@ impl Intents {
         Ok(report)
     }
 
-    /// Finishes a claimed intent together with `fragment`, in one batch.
-    async fn finish_claimed(
+    /// Waits for `decision` while renewing the claim every third of the lease; `None` when
+    /// a renewal found the claim taken, so that the decision must not be applied.
+    async fn decide_under_claim(
         &self,
-        pool: &bb8::Pool<ConnectionManager>,
+        pool: &Pool,
         id: Uuid,
         claim: Uuid,
-        finish: Finish,
-        fragment: Fragment,
-    ) -> Finished {
+        lease: Duration,
+        decision: impl Future<Output = Decision>,
+    ) -> Option<Decision> {
+        let mut decision = std::pin::pin!(decision);
+        let mut held = true;
+        loop {
+            tokio::select! {
+                decided = &mut decision => return held.then_some(decided),
+                () = tokio::time::sleep(lease / 3), if held => {
+                    held = self.renew(pool, id, claim, lease).await;
+                    if !held {
+                        tracing::warn!(target: "pgbatch.intent", %id, "the claim was taken while deciding: the decision will not be applied");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renews this sweep's claim on an intent for another lease; false when the claim is no
+    /// longer this sweep's (or could not be renewed).
+    async fn renew(&self, pool: &Pool, id: Uuid, claim: Uuid, lease: Duration) -> bool {
+        let mut batch = Batch::new();
+        let renewed = batch
+            .push(
+                diesel::sql_query(self.sql.renew())
+                    .bind::<diesel::sql_types::Uuid, _>(id)
+                    .bind::<diesel::sql_types::Uuid, _>(claim)
+                    .bind::<Double, _>(lease.as_secs_f64()),
+            )
+            .label("renew claim")
+            .affected();
+        match batch.run(pool).await {
+            Ok(done) => done.get(&renewed).is_ok_and(|rows| rows == 1),
+            Err(error) => {
+                tracing::warn!(target: "pgbatch.intent", %id, error = %error.log_summary(), "could not renew a claim");
+                false
+            }
+        }
+    }
+
+    /// Finishes a claimed intent together with `fragment`, in one batch.
+    async fn finish_claimed(&self, pool: &Pool, id: Uuid, claim: Uuid, finish: Finish, fragment: Fragment) -> Finished {
         let mut batch = Batch::new();
         batch
             .push(
@@ -220,7 +273,7 @@ impl Intents {
     }
 
     /// Lets go of a claim, so that a later sweep can take the intent at once.
-    async fn release(&self, pool: &bb8::Pool<ConnectionManager>, id: Uuid, claim: Uuid) {
+    async fn release(&self, pool: &Pool, id: Uuid, claim: Uuid) {
         let mut batch = Batch::new();
         batch.push(
             diesel::sql_query(self.sql.release())

@@ -2,12 +2,13 @@
 //! answer alone, and never a success or a failure where the answers leave it open.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use crate::error::{
     AlreadyCommitted, BeginFailure, BuildError, Cause, CommitFailure, Error, OutcomeUnknown, SqlState,
     StatementFailure, UnknownReason,
 };
-use crate::plan::{Entry, Fragment, IdempotencyKey, Results};
+use crate::plan::{Entry, Fragment, IdempotencyKey, MarkerRow, Results};
 use crate::wire::{Answers, End, Ending, NotSent, Step};
 
 /// SQLSTATEs with which a server says it cannot tell whether a commit applied:
@@ -66,10 +67,11 @@ impl<E> Verdict<'_, E> {
     fn statement_failed(&self, wire_index: usize, error: crate::error::ServerError) -> Error<E> {
         let Some(index) = wire_index.checked_sub(self.offset()) else {
             let key = self.key.expect("an offset means a key");
-            return match Cause::from_server(error) {
-                Cause::UniqueViolation(_) => Error::AlreadyCommitted(AlreadyCommitted::new(key.key().to_owned(), None)),
-                cause => Error::IdempotencyMarker { cause, attempts: self.attempts },
-            };
+            // Taken by a commit or a fence: the run reads the marker to say which.
+            if crate::plan::key_taken(&error) {
+                return Error::AlreadyCommitted(already_committed(key.key(), None));
+            }
+            return Error::IdempotencyMarker { cause: Cause::from_server(error), attempts: self.attempts };
         };
         let entry: &Entry = &self.body.entries[index];
         let guard_failure = entry.guard.as_ref().and_then(|guard| guard.failure(&error, entry.label.as_deref()));
@@ -104,15 +106,13 @@ impl EndVerdict {
                 if unknown {
                     return Err(self.unknown(UnknownReason::Ambiguous(error)));
                 }
-                let cause = Cause::from_server(*error);
-                Err(Error::Commit(Box::new(CommitFailure::new(self.statement_count, cause, self.attempts))))
+                Err(commit_failed(self.statement_count, *error, self.attempts))
             }
             Ending::Failed { step, error } => {
                 // A step before the end failed where none was expected (a second round
                 // trip has none): nothing committed.
                 tracing::debug!(?step, "a step failed before the end of a transaction");
-                let cause = Cause::from_server(*error);
-                Err(Error::Commit(Box::new(CommitFailure::new(self.statement_count, cause, self.attempts))))
+                Err(commit_failed(self.statement_count, *error, self.attempts))
             }
             Ending::Lost { error, end_sent } if end_sent && end == End::Commit => {
                 Err(self.unknown(UnknownReason::ConnectionLost(error)))
@@ -127,6 +127,31 @@ impl EndVerdict {
     }
 }
 
+/// The error of a run that ended at `COMMIT` with `error`: rolled back.
+fn commit_failed<E>(statement_count: usize, error: crate::error::ServerError, attempts: u32) -> Error<E> {
+    Error::Commit(Box::new(CommitFailure::new(statement_count, Cause::from_server(error), attempts)))
+}
+
+/// What a run whose key was taken (its marker collided, or its fence was gone) means once
+/// the key's marker is read: an earlier commit, with its time, or a fence.
+pub(crate) fn key_taken<E>(key: &str, marker: Option<&MarkerRow>, attempts: u32) -> Error<E> {
+    match marker {
+        Some(marker) if marker.is_fence() => Error::KeyFenced { key: key.to_owned(), attempts },
+        // A commit, or a marker purged between the collision and the read.
+        marker => Error::AlreadyCommitted(already_committed(key, marker.map(MarkerRow::committed_at))),
+    }
+}
+
+/// The verdict on a run whose unknown outcome a pool settled as committed (`at`).
+pub(crate) fn settled_as_committed(key: &IdempotencyKey, at: SystemTime) -> AlreadyCommitted {
+    already_committed(key.key(), Some(at)).by_this_call()
+}
+
+/// An earlier run with `key` committed, at `at` when it is known.
+fn already_committed(key: &str, at: Option<SystemTime>) -> AlreadyCommitted {
+    AlreadyCommitted::new(key.to_owned(), at)
+}
+
 /// The error of a batch that was not sent; `statement` names a wire index's statement.
 pub(crate) fn not_sent<E>(
     reason: NotSent,
@@ -134,10 +159,184 @@ pub(crate) fn not_sent<E>(
 ) -> Error<E> {
     match reason {
         NotSent::Closed | NotSent::NoTransaction => Error::ConnectionClosed,
+        NotSent::InCallerTransaction => Error::InEnclosingTransaction {
+            reason: "a two-phase batch, or pgbatch's own maintenance, needs a transaction of its own",
+        },
         NotSent::Wire(error) => Error::Connection(error),
+        NotSent::Pool(error) => Error::Pool(error),
         NotSent::UnknownType(error) => Error::invalid(None, error),
         NotSent::Encode { index, error } => {
             Error::invalid(statement(index), Arc::new(BuildError::Encode { bind: 0, source: Box::new(error) }))
         }
+    }
+}
+
+/// The error of a run whose unknown outcome settled as "not committed" and that may not be
+/// replayed: what it means once the outcome is known.
+pub(crate) fn not_committed<E>(error: Error<E>, statement_count: usize) -> Error<E> {
+    match error {
+        Error::OutcomeUnknown(unknown) => {
+            let attempts = unknown.attempts();
+            match OutcomeUnknown::into_reason(*unknown) {
+                UnknownReason::ConnectionLost(error) => Error::Connection(error),
+                UnknownReason::Ambiguous(error) => commit_failed(statement_count, *error, attempts),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The verdict over every kind of answers, without a server: answers are plain values.
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::codec::StepOutput;
+    use crate::error::{ServerError, StatementOutcome, WireError};
+
+    /// Three labelled statements.
+    fn body() -> Fragment<Infallible> {
+        let mut body = Fragment::new();
+        for label in ["first", "second", "third"] {
+            body.push(diesel::sql_query("SELECT 1")).label(label);
+        }
+        body
+    }
+
+    fn server(code: &str, severity: &str, message: &str) -> Box<ServerError> {
+        Box::new(ServerError::from_fields([(b'S', severity), (b'C', code), (b'M', message)]))
+    }
+
+    fn failed(step: Step, code: &str) -> Ending {
+        Ending::Failed { step, error: server(code, "ERROR", "it failed") }
+    }
+
+    fn answers(completed: usize, ending: Ending) -> Answers {
+        Answers { outputs: (0..completed).map(|_| StepOutput::default()).collect(), ending }
+    }
+
+    fn judge(key: Option<&IdempotencyKey>, end: End, answers: Answers) -> Result<Results, Error> {
+        let body = body();
+        Verdict { body: &body, key, end, attempts: 2 }.judge(answers)
+    }
+
+    #[test]
+    fn done_is_the_results_of_the_batchs_own_statements() {
+        let mut body = Fragment::<Infallible>::new();
+        let handles: Vec<_> = (0..3).map(|_| body.push(diesel::sql_query("SELECT 1")).affected()).collect();
+        let key = IdempotencyKey::new("k");
+        for (key, affected) in [(None, vec![1, 2, 3]), (Some(&key), vec![99, 1, 2, 3])] {
+            // With a key, the marker's output (wire statement 0) is not the batch's.
+            let outputs = affected.into_iter().map(|affected| StepOutput { affected, ..StepOutput::default() });
+            let answers = Answers { outputs: outputs.collect(), ending: Ending::Done };
+            let results = Verdict { body: &body, key, end: End::Commit, attempts: 1 }.judge(answers).unwrap();
+            let read: Vec<u64> = handles.iter().map(|handle| results.get(handle).unwrap()).collect();
+            assert_eq!(read, [1, 2, 3]);
+        }
+    }
+
+    #[test]
+    fn a_failed_begin_is_a_begin_failure_with_its_cause() {
+        let error = judge(None, End::Commit, answers(0, failed(Step::Begin, "57014"))).unwrap_err();
+        let Error::Begin(failure) = &error else { panic!("{error:?}") };
+        assert_eq!(failure.cause().code(), Some(&SqlState::QUERY_CANCELED));
+        assert_eq!(error.attempts(), 2);
+        assert!(!error.may_have_committed());
+    }
+
+    #[test]
+    fn a_failed_statement_names_itself_and_what_became_of_the_others() {
+        use StatementOutcome::*;
+        let expected = [[Failed, Skipped, Skipped], [RolledBack, Failed, Skipped], [RolledBack, RolledBack, Failed]];
+        for (index, outcomes) in expected.into_iter().enumerate() {
+            let error = judge(None, End::Commit, answers(index, failed(Step::Statement(index), "23505"))).unwrap_err();
+            let failure = error.statement_failure().unwrap_or_else(|| panic!("{error:?}"));
+            assert_eq!((failure.index(), failure.label()), (index, Some(["first", "second", "third"][index])));
+            assert!(matches!(failure.cause(), Cause::UniqueViolation(_)));
+            assert_eq!(failure.outcomes().collect::<Vec<_>>(), outcomes);
+        }
+        let transient = judge(None, End::Commit, answers(1, failed(Step::Statement(1), "40001"))).unwrap_err();
+        assert!(transient.is_transient(), "a serialization failure can be replayed");
+    }
+
+    #[test]
+    fn the_end_steps_failures_are_commit_failures_or_unknown() {
+        let error = judge(None, End::Commit, answers(3, failed(Step::End, "23503"))).unwrap_err();
+        assert!(matches!(&error, Error::Commit(f) if matches!(f.cause(), Cause::ForeignKeyViolation(_))), "{error:?}");
+        for code in ["40003", "08007"] {
+            let error = judge(None, End::Commit, answers(3, failed(Step::End, code))).unwrap_err();
+            assert!(matches!(&error, Error::OutcomeUnknown(u) if matches!(u.reason(), UnknownReason::Ambiguous(_))));
+        }
+        // The session ended while COMMIT ran: it may have committed.
+        let ended = Ending::Failed { step: Step::End, error: server("57P01", "FATAL", "terminating") };
+        assert!(judge(None, End::Commit, answers(3, ended)).unwrap_err().may_have_committed());
+        // A ROLLBACK that fails cannot have committed anything.
+        let ended = Ending::Failed { step: Step::End, error: server("57P01", "FATAL", "terminating") };
+        assert!(matches!(judge(None, End::Rollback, answers(3, ended)), Err(Error::Commit(_))));
+    }
+
+    #[test]
+    fn a_lost_connection_is_unknown_only_once_commit_was_written() {
+        let lost = |end_sent| Ending::Lost { error: WireError::Closed, end_sent };
+        let before = judge(None, End::Commit, answers(1, lost(false))).unwrap_err();
+        assert!(matches!(before, Error::Connection(_)), "{before:?}");
+        let key = IdempotencyKey::new("k");
+        let after = judge(Some(&key), End::Commit, answers(3, lost(true))).unwrap_err();
+        let Error::OutcomeUnknown(unknown) = &after else { panic!("{after:?}") };
+        assert!(matches!(unknown.reason(), UnknownReason::ConnectionLost(WireError::Closed)));
+        assert_eq!(unknown.idempotency_key(), Some("k"));
+        // Without a COMMIT (a read, a rollback) a lost connection committed nothing.
+        assert!(matches!(judge(None, End::Rollback, answers(3, lost(true))), Err(Error::Connection(_))));
+    }
+
+    #[test]
+    fn the_markers_failures_say_the_key_is_taken_or_the_table_is_wrong() {
+        let key = IdempotencyKey::new("k");
+        let collided = judge(Some(&key), End::Commit, answers(0, failed(Step::Statement(0), "23505"))).unwrap_err();
+        assert!(matches!(&collided, Error::AlreadyCommitted(a) if a.key() == "k"), "{collided:?}");
+        let fence_lost = Ending::Failed {
+            step: Step::Statement(0),
+            error: server("22P02", "ERROR", "invalid input syntax for type boolean: \"pgbatch fence lost\""),
+        };
+        assert!(matches!(judge(Some(&key), End::Commit, answers(0, fence_lost)), Err(Error::AlreadyCommitted(_))));
+        let missing = judge(Some(&key), End::Commit, answers(0, failed(Step::Statement(0), "42P01"))).unwrap_err();
+        assert!(matches!(missing, Error::IdempotencyMarker { .. }), "{missing:?}");
+        // The batch's own statement 0 is wire statement 1.
+        let own = judge(Some(&key), End::Commit, answers(1, failed(Step::Statement(1), "23505"))).unwrap_err();
+        assert_eq!(own.statement_failure().map(StatementFailure::index), Some(0));
+    }
+
+    #[test]
+    fn a_taken_key_is_a_commit_or_a_fence_once_read() {
+        let commit: MarkerRow = MarkerRow::for_tests(1_000.0, None);
+        let fence = MarkerRow::for_tests(1_000.0, Some("token"));
+        assert!(
+            matches!(key_taken::<Infallible>("k", Some(&commit), 1), Error::AlreadyCommitted(a) if a.committed_at().is_some())
+        );
+        assert!(matches!(key_taken::<Infallible>("k", Some(&fence), 1), Error::KeyFenced { .. }));
+        assert!(
+            matches!(key_taken::<Infallible>("k", None, 1), Error::AlreadyCommitted(a) if a.committed_at().is_none())
+        );
+    }
+
+    #[test]
+    fn an_unknown_outcome_settled_as_not_committed_says_how_it_failed() {
+        let unknown = |reason| Error::<Infallible>::OutcomeUnknown(Box::new(OutcomeUnknown::new(reason, None, 3)));
+        let lost = not_committed(unknown(UnknownReason::ConnectionLost(WireError::Closed)), 3);
+        assert!(matches!(lost, Error::Connection(WireError::Closed)), "{lost:?}");
+        let ambiguous = not_committed(unknown(UnknownReason::Ambiguous(server("40003", "ERROR", "ambiguous"))), 3);
+        assert!(matches!(&ambiguous, Error::Commit(_)) && ambiguous.attempts() == 3, "{ambiguous:?}");
+    }
+
+    #[test]
+    fn a_batch_not_sent_is_never_a_commit() {
+        for reason in [NotSent::Closed, NotSent::NoTransaction] {
+            assert!(matches!(not_sent::<Infallible>(reason, |_| None), Error::ConnectionClosed));
+        }
+        let wire = not_sent::<Infallible>(NotSent::Wire(WireError::Closed), |_| None);
+        assert!(matches!(wire, Error::Connection(_)));
+        let encode = NotSent::Encode { index: 1, error: std::io::Error::other("too long") };
+        assert!(matches!(not_sent::<Infallible>(encode, |_| None), Error::Invalid { .. }));
     }
 }

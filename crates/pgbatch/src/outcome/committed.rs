@@ -8,26 +8,72 @@ use crate::plan::{Handle, Results};
 pub struct Committed {
     results: Results,
     attempts: u32,
-    settled: bool,
+    replayed_after_unknown: bool,
+    replication_unconfirmed: bool,
+    in_enclosing_transaction: bool,
 }
 
 impl Committed {
     pub(crate) fn new(results: Results, attempts: u32) -> Self {
-        Committed { results, attempts, settled: false }
+        Committed {
+            results,
+            attempts,
+            replayed_after_unknown: false,
+            replication_unconfirmed: false,
+            in_enclosing_transaction: false,
+        }
+    }
+
+    /// Marks (and reports, as a `warn` event) a commit whose wait for synchronous
+    /// replication the server cancelled.
+    pub(crate) fn with_replication_unconfirmed(mut self, unconfirmed: bool) -> Self {
+        if unconfirmed {
+            tracing::warn!(
+                "committed locally, but the wait for synchronous replication was cancelled: a failover may lose it"
+            );
+        }
+        self.replication_unconfirmed = unconfirmed;
+        self
+    }
+
+    /// Whether the server committed the batch locally but stopped waiting for its
+    /// synchronous standbys to confirm it (a cancel request or a timeout landed while
+    /// `COMMIT` waited; PostgreSQL then answers with a WARNING and commits anyway). The
+    /// batch is committed on this server, but a failover before the standbys catch up can
+    /// lose it: after a failover, resolve the batch's idempotency key on the new primary
+    /// (see `docs/failure-model.md`). A `warn` event is logged too. Always false without
+    /// synchronous replication. The warning is recognised by the server's message, which is
+    /// English unless the server's `lc_messages` translates it.
+    pub fn replication_unconfirmed(&self) -> bool {
+        self.replication_unconfirmed
+    }
+
+    /// Marks a batch run inside a transaction the caller opened.
+    pub(crate) fn released_into_enclosing_transaction(mut self) -> Self {
+        self.in_enclosing_transaction = true;
+        self
+    }
+
+    /// Whether the batch ran inside a transaction the caller had open on the connection (a
+    /// diesel-async `transaction`, or `begin_test_transaction`): its statements all
+    /// succeeded and were *released into that transaction*, not committed. They commit or
+    /// roll back with it; until the caller commits, no other session sees them.
+    pub fn in_enclosing_transaction(&self) -> bool {
+        self.in_enclosing_transaction
     }
 
     /// Marks a batch that committed on a replay after an earlier run's outcome was
-    /// unknown and resolving its key showed it had not committed.
-    pub(crate) fn settled(mut self) -> Self {
-        self.settled = true;
+    /// unknown and settling its key showed (and made sure) it had not committed.
+    pub(crate) fn after_unknown(mut self) -> Self {
+        self.replayed_after_unknown = true;
         self
     }
 
     /// Whether an earlier run of this call lost its connection with its outcome unknown,
-    /// pgbatch resolved the batch's idempotency key to "not committed", and this is the
-    /// replay that committed.
-    pub fn was_settled(&self) -> bool {
-        self.settled
+    /// pgbatch settled the batch's idempotency key as "not committed" (fencing it), and
+    /// this is the replay that committed.
+    pub fn replayed_after_unknown(&self) -> bool {
+        self.replayed_after_unknown
     }
 
     /// Reads a statement's result through its handle: decoded rows for

@@ -5,5 +5,5 @@
 mod classify;
 mod committed;
 
-pub(crate) use classify::{EndVerdict, Verdict, not_sent};
+pub(crate) use classify::{EndVerdict, Verdict, key_taken, not_committed, not_sent, settled_as_committed};
 pub use committed::Committed;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use diesel::deserialize::FromSqlRow;
 use diesel::pg::Pg;
 
-use crate::codec::{DieselRow, Row, StepOutput};
+use crate::codec::{Row, StepOutput};
 use crate::error::{ResultError, StatementRef};
 
 /// Identifies the batch or fragment a handle was issued by. Handles stay valid when their
@@ -29,7 +29,7 @@ pub(crate) struct StatementId {
     pub(crate) index: usize,
 }
 
-type Decode<T> = fn(&DieselRow<'_>) -> diesel::deserialize::Result<T>;
+type Decode<T> = fn(&Row) -> diesel::deserialize::Result<T>;
 
 pub(crate) fn decoder<T, ST>() -> Decode<T>
 where
@@ -134,7 +134,7 @@ macro_rules! row_handle {
                 let $rows = &output.rows;
                 let unexpected = || ResultError::UnexpectedRowCount { statement: statement.clone(), expected: $expected, actual: $rows.len() };
                 let $decode = |(row, value): (usize, &Row)| {
-                    (self.decode)(&DieselRow(value)).map_err(|source| ResultError::Decode { statement: statement.clone(), row, source })
+                    (self.decode)(value).map_err(|source| ResultError::Decode { statement: statement.clone(), row, source })
                 };
                 $read.ok_or_else(unexpected)?
             }

@@ -1,16 +1,28 @@
 //! Idempotency keys as a batch carries them: the key, its marker table, and the statements
-//! that write and read the marker. Running batches to install, resolve or purge markers is
-//! the [`idempotency`](crate::idempotency) extension's business.
+//! that write, fence and read the marker. Running batches to install, resolve or purge
+//! markers is the [`idempotency`](crate::idempotency) extension's business.
+//!
+//! A marker row is either a *commit* (`fence IS NULL`: the batch with the key committed) or
+//! a *fence* (`fence` holds a token: a resolution found the key not committed and wrote the
+//! row, so that a run still on its way, whose marker insert would collide, can never
+//! commit). A replay that the resolution allowed carries its token and turns the fence into
+//! a commit; nothing else can.
 
 use std::borrow::Cow;
 
-use diesel::sql_types::Text;
+use std::time::{Duration, SystemTime};
+
+use diesel::sql_types::{Double, Nullable, Text};
 
 use crate::codec::Statement;
 use crate::error::BuildError;
 
 /// The marker table's default name.
 pub const DEFAULT_TABLE: &str = "pgbatch_idempotency";
+
+/// What a replay's marker statement raises when its fence is gone (another resolution
+/// fenced the key again, or a replay already committed it): read as a collision.
+const FENCE_LOST: &str = "pgbatch fence lost";
 
 /// An idempotency key and the table its marker goes to.
 ///
@@ -21,13 +33,15 @@ pub const DEFAULT_TABLE: &str = "pgbatch_idempotency";
 pub struct IdempotencyKey {
     key: String,
     table: Cow<'static, str>,
+    /// The fence token of the resolution that allowed this replay.
+    fence: Option<String>,
 }
 
 impl IdempotencyKey {
     /// A key (for example an API request's `Idempotency-Key` header, or a UUID) whose
     /// marker goes to [`DEFAULT_TABLE`].
     pub fn new(key: impl Into<String>) -> Self {
-        IdempotencyKey { key: key.into(), table: Cow::Borrowed(DEFAULT_TABLE) }
+        IdempotencyKey { key: key.into(), table: Cow::Borrowed(DEFAULT_TABLE), fence: None }
     }
 
     /// Puts the marker in another table (optionally schema-qualified: `ops.batch_keys`),
@@ -48,24 +62,94 @@ impl IdempotencyKey {
         &self.table
     }
 
-    /// The statement that writes the marker: the batch's statement 0.
-    pub(crate) fn marker(&self) -> Result<Statement, BuildError> {
-        let sql = format!("INSERT INTO {} (key) VALUES ($1)", quote_table(&self.table)?);
-        Statement::render(&diesel::sql_query(sql).bind::<Text, _>(&self.key))
+    /// Whether this key carries a resolution's permission to replay a fenced key.
+    pub fn is_replay(&self) -> bool {
+        self.fence.is_some()
     }
+
+    /// The same key, allowed to replay over the fence `token`.
+    pub(crate) fn replaying(&self, token: String) -> Self {
+        IdempotencyKey { fence: Some(token), ..self.clone() }
+    }
+
+    /// The statement that writes the marker: the batch's statement 0. A plain run inserts
+    /// it, and collides with any marker (commit or fence) already there; a replay turns its
+    /// own fence into a commit, and fails with [`FENCE_LOST`] when that fence is gone.
+    pub(crate) fn marker(&self) -> Result<Statement, BuildError> {
+        let table = quote_table(&self.table)?;
+        match &self.fence {
+            None => {
+                let sql = format!("INSERT INTO {table} (key) VALUES ($1)");
+                Statement::render(&diesel::sql_query(sql).bind::<Text, _>(&self.key))
+            }
+            Some(token) => {
+                let sql = format!(
+                    "WITH reclaimed AS (UPDATE {table} SET committed_at = now(), fence = NULL \
+                     WHERE key = $1 AND fence = $2 RETURNING key) \
+                     SELECT CAST(CASE WHEN count(*) = 1 THEN 'true' ELSE '{FENCE_LOST}' END AS BOOL) FROM reclaimed"
+                );
+                Statement::render(&diesel::sql_query(sql).bind::<Text, _>(&self.key).bind::<Text, _>(token))
+            }
+        }
+    }
+}
+
+/// A key's state once it is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Marker {
+    /// The batch with the key committed, at this time.
+    Committed(SystemTime),
+    /// It had not committed, and now never will: the key is fenced with this token, which a
+    /// replay must carry.
+    Fenced(String),
+}
+
+/// The marker lookup's columns.
+#[derive(Debug, diesel::QueryableByName)]
+pub(crate) struct MarkerRow {
+    #[diesel(sql_type = Double)]
+    committed_at: f64,
+    #[diesel(sql_type = Nullable<Text>)]
+    fence: Option<String>,
+}
+
+impl MarkerRow {
+    /// When the marker was written: the commit time, or the fence's.
+    pub(crate) fn committed_at(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs_f64(self.committed_at)
+    }
+
+    /// A marker row as the lookup would read it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(committed_at: f64, fence: Option<&str>) -> Self {
+        MarkerRow { committed_at, fence: fence.map(str::to_owned) }
+    }
+
+    /// Whether the marker is a fence, not a commit.
+    pub(crate) fn is_fence(&self) -> bool {
+        self.fence.is_some()
+    }
+}
+
+/// Whether a marker statement's error says that the key is taken: a collision with a commit
+/// or a fence, or a replay whose fence is gone.
+pub(crate) fn key_taken(error: &crate::error::ServerError) -> bool {
+    *error.code() == crate::error::SqlState::UNIQUE_VIOLATION || error.message().contains(FENCE_LOST)
 }
 
 /// The marker table's DDL, one statement each: the table, keyed by the key, and an index on
 /// the commit time so that purging old markers reads the index only (CockroachDB services
-/// that set `disallow_full_table_scans` can run it).
-pub(crate) fn ddl(table: &str) -> Result<[String; 2], BuildError> {
+/// that set `disallow_full_table_scans` can run it). The last statement adds the `fence`
+/// column to a table made before fences existed.
+pub(crate) fn ddl(table: &str) -> Result<[String; 3], BuildError> {
     let name = table.rsplit('.').next().unwrap_or(table);
     let table = quote_table(table)?;
     Ok([
         format!(
-            "CREATE TABLE IF NOT EXISTS {table} (\n    key text PRIMARY KEY,\n    committed_at timestamptz NOT NULL DEFAULT now()\n)"
+            "CREATE TABLE IF NOT EXISTS {table} (\n    key text PRIMARY KEY,\n    committed_at timestamptz NOT NULL DEFAULT now(),\n    fence text\n)"
         ),
         format!("CREATE INDEX IF NOT EXISTS \"{name}_committed_at\" ON {table} (committed_at)"),
+        format!("ALTER TABLE {table} ADD COLUMN IF NOT EXISTS fence text"),
     ])
 }
 
@@ -74,18 +158,24 @@ pub(crate) fn purge_sql(table: &str) -> Result<String, BuildError> {
     Ok(format!("DELETE FROM {} WHERE committed_at < now() - $1 * INTERVAL '1 second'", quote_table(table)?))
 }
 
-/// Inserts the key's marker unless it is there, waiting for a transaction still writing
-/// it: inserts a row exactly when the key had not committed. Run it in a transaction that
-/// rolls back.
-pub(crate) fn probe_sql(table: &str) -> Result<String, BuildError> {
-    Ok(format!("INSERT INTO {} (key) VALUES ($1) ON CONFLICT (key) DO NOTHING", quote_table(table)?))
+/// Fences the key unless it committed: inserts a fence with a fresh token, or replaces the
+/// token of a fence already there, and returns the new token; returns no row when the key
+/// committed. Waits for a transaction still writing the key. Run it in a transaction that
+/// commits: the fence is what keeps a late run from committing afterwards.
+pub(crate) fn fence_sql(table: &str) -> Result<String, BuildError> {
+    Ok(format!(
+        "INSERT INTO {} AS marker (key, fence) VALUES ($1, CAST(gen_random_uuid() AS text)) \
+         ON CONFLICT (key) DO UPDATE SET fence = EXCLUDED.fence, committed_at = now() \
+         WHERE marker.fence IS NOT NULL RETURNING marker.fence",
+        quote_table(table)?
+    ))
 }
 
-/// When a key committed, as seconds since the Unix epoch (a plain `float8`, read the same
-/// by every client).
+/// The key's marker: when it was written, as seconds since the Unix epoch (a plain
+/// `float8`, read the same by every client), and its fence token (`NULL` for a commit).
 pub(crate) fn lookup_sql(table: &str) -> Result<String, BuildError> {
     Ok(format!(
-        "SELECT EXTRACT(EPOCH FROM committed_at)::float8 AS committed_at FROM {} WHERE key = $1",
+        "SELECT EXTRACT(EPOCH FROM committed_at)::float8 AS committed_at, fence FROM {} WHERE key = $1",
         quote_table(table)?
     ))
 }
@@ -110,13 +200,17 @@ mod tests {
 
     #[test]
     fn marker_statements_use_listed_constructs_only() {
-        let [table, index] = ddl("ops.keys").unwrap();
-        let marker = IdempotencyKey::new("k").table("ops.keys").marker().unwrap().sql.text.to_string();
+        let [table, index, fence_column] = ddl("ops.keys").unwrap();
+        let key = IdempotencyKey::new("k").table("ops.keys");
+        let marker = key.marker().unwrap().sql.text.to_string();
+        let replay = key.replaying("token".into()).marker().unwrap().sql.text.to_string();
         for sql in [
             table,
             index,
+            fence_column,
             marker,
-            probe_sql("ops.keys").unwrap(),
+            replay,
+            fence_sql("ops.keys").unwrap(),
             lookup_sql("ops.keys").unwrap(),
             purge_sql("ops.keys").unwrap(),
         ] {

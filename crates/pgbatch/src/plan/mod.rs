@@ -14,7 +14,7 @@ pub(crate) use fragment::Entry;
 pub use fragment::{Fragment, GuardBuilder, StatementBuilder};
 pub use handle::{Affected, All, Handle, One, Optional, Results};
 pub use marker::{DEFAULT_TABLE, IdempotencyKey};
-pub(crate) use marker::{ddl, lookup_sql, probe_sql, purge_sql, quote_table};
+pub(crate) use marker::{Marker, MarkerRow, ddl, fence_sql, key_taken, lookup_sql, purge_sql, quote_table};
 pub use observe::{Observed, Observer, StatementEvent};
 pub use options::IsolationLevel;
 pub(crate) use options::TransactionOptions;

@@ -40,6 +40,10 @@ pub struct StatementEvent<'a> {
 /// [`ConnectionManager::observer`](crate::ConnectionManager::observer)): count them, time
 /// them, export them. It is called on the task that runs the batch, after the run, so it
 /// must be quick; nothing is called, and nothing costs, when no observer is set.
+///
+/// A two-phase batch ([`Batch::prepare`](crate::Batch::prepare)) is heard of once: when its
+/// first round trip fails, or once it is decided (committed, rolled back, or dropped
+/// undecided), with the time from its first byte to the decision's answer.
 pub trait Observer: Send + Sync + 'static {
     /// One statement of a run.
     fn statement(&self, event: &StatementEvent<'_>);

@@ -30,7 +30,7 @@ use crate::wire::End;
 /// ```no_run
 /// # use diesel::prelude::*;
 /// # diesel::table! { project (id) { id -> Int8, name -> Text } }
-/// # async fn example(pool: &bb8::Pool<pgbatch::ConnectionManager>) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn example(pool: &pgbatch::Pool) -> Result<(), Box<dyn std::error::Error>> {
 /// let mut batch = pgbatch::Batch::new();
 /// let id = batch
 ///     .push(diesel::insert_into(project::table).values(project::name.eq("apollo")).returning(project::id))

@@ -2,17 +2,17 @@
 //! deadlocks as its retry policy allows, inside a tracing span.
 
 use std::ops::DerefMut;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::batch::Batch;
-use super::settle::{Settled, not_committed, read_marker, settle};
+use super::record::{Outcome, observe, record, statement_outcome};
+use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
-use crate::error::{AlreadyCommitted, Error, UnknownReason};
-use crate::outcome::Committed;
-use crate::plan::{Observed, Observer, StatementEvent};
+use crate::error::{Cause, Error, UnknownReason};
+use crate::outcome::{Committed, key_taken};
 use crate::wire::{Acquire, Connection, End, Exchange, Restart, TxStatus};
 
 impl<E> Batch<E> {
@@ -40,22 +40,22 @@ impl<E> Batch<E> {
     pub async fn run<A: Acquire>(&self, target: A) -> Result<Committed, Error<E>> {
         let statements = self.wire_statements()?;
         let touches_session = statements.iter().any(|s| s.sql.touches_session);
-        let span = tracing::debug_span!(
-            "pgbatch.run",
-            statements = self.len(),
-            labels = %self.label_summary(),
-            attempt = Empty,
-            round_trip_ms = Empty,
-            outcome = Empty,
-            settled = Empty,
-            error = Empty,
-        );
-        async move {
+        let span = self.run_span();
+        let result = async {
             // A pool can lend another connection: the one to settle an unknown outcome on.
             let spare = target.another();
             let mut lease = Some(target.acquire().await.map_err(Error::Pool)?);
             let policy = self.retry_policy().unwrap_or_else(|| lease_of(&mut lease).retry_policy());
+            if lease_of(&mut lease).in_caller_transaction() {
+                // Never end the caller's transaction: join it.
+                let connection = lease_of(&mut lease);
+                let result = self.run_nested(connection, &statements, touches_session, policy).await;
+                tracing::Span::current().record("attempt", 1);
+                return result;
+            }
             let (mut attempt, mut settled) = (1, false);
+            // After a settlement fenced the key: the marker that turns that fence into a commit.
+            let mut replay_marker: Option<Statement> = None;
             loop {
                 let started = Instant::now();
                 let connection = lease_of(&mut lease);
@@ -64,7 +64,11 @@ impl<E> Batch<E> {
                     (true, TxStatus::Idle) => Restart::First,
                     (true, _) => Restart::Again,
                 };
-                let result = self.run_once(connection, &statements, touches_session, attempt, restart).await;
+                let mut sent = statements.clone();
+                if let Some(marker) = &replay_marker {
+                    sent[0] = marker;
+                }
+                let result = self.run_once(connection, &sent, touches_session, attempt, restart).await;
                 let span = tracing::Span::current();
                 span.record("attempt", attempt);
                 span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
@@ -73,61 +77,135 @@ impl<E> Batch<E> {
                     let retries = matches!(&result, Err(e) if e.is_transient() && attempt < policy.attempts());
                     let connection = lease_of(&mut lease);
                     if !retries {
+                        // Ends it, and resets the session the failed unit could not.
                         connection.end_transaction().await;
-                        if touches_session {
-                            connection.reset().await;
-                        }
                     }
                 }
                 let error = match result {
                     Ok(committed) => {
-                        span.record("outcome", "committed");
                         span.record("settled", settled);
-                        return Ok(if settled { committed.settled() } else { committed });
+                        return Ok(if settled { committed.after_unknown() } else { committed });
                     }
                     Err(error) => error,
                 };
                 let error = match (&error, self.idempotency(), spare.as_ref().and_then(A::another)) {
                     (Error::OutcomeUnknown(unknown), Some(key), Some(fresh)) => {
-                        // A lost connection's backend may still run the batch: cancel it.
-                        // An ambiguous answer came over a working connection whose backend
-                        // is done; the pool may lend that very connection for the read,
-                        // which a cancel would then hit.
+                        // A lost connection's backend may still run the batch, or wait for
+                        // the rest of it inside its transaction: end it (or, where its
+                        // process id is not the server's, cancel it). An ambiguous answer
+                        // came over a working connection whose backend is done; the pool
+                        // may lend that very connection for the read, which a cancel would
+                        // then hit.
                         let lost = matches!(unknown.reason(), UnknownReason::ConnectionLost(_));
-                        let cancel = lost.then(|| lease_of(&mut lease).cancel_token());
+                        let connection = lease_of(&mut lease);
+                        let orphan = lost.then(|| Orphan {
+                            cancel: connection.cancel_token(),
+                            end_backend: connection.end_backend(),
+                        });
                         // The lost connection goes back to its pool, which discards it.
                         lease = None;
-                        let mut connection = fresh.acquire().await.map_err(Error::Pool)?;
-                        match settle::<E>(cancel.as_ref(), &mut connection, key).await {
-                            Settled::Committed(already) => {
-                                let error = Error::AlreadyCommitted(already);
-                                error.record_on(&span);
-                                span.record("settled", true);
-                                return Err(error);
-                            }
-                            Settled::NotCommitted if attempt < policy.attempts() => {
-                                tracing::info!(attempt, "outcome settled as not committed: replaying batch");
+                        match settle_unknown(
+                            error,
+                            fresh,
+                            orphan.as_ref(),
+                            key,
+                            attempt < policy.attempts(),
+                            self.len(),
+                        )
+                        .await
+                        {
+                            Resolved::Replay { marker, connection } => {
+                                replay_marker = Some(marker);
                                 (lease, settled, attempt) = (Some(connection), true, attempt + 1);
                                 continue;
                             }
-                            Settled::NotCommitted => not_committed(error, self.len()),
-                            Settled::Unknown => error,
+                            Resolved::Verdict(error) => error,
                         }
                     }
                     _ => error,
                 };
-                if !(error.is_transient() && attempt < policy.attempts()) {
-                    error.record_on(&span);
-                    return Err(error);
+                let read_only = matches!(error.cause(), Some(Cause::ReadOnly(_)));
+                if let (true, true, Some(fresh)) =
+                    (read_only, attempt < policy.attempts(), spare.as_ref().and_then(A::another))
+                {
+                    // The server does not accept writes (a standby, or a primary not yet
+                    // writable in a failover) and this connection will not start to: it is
+                    // given up, and the batch replayed on a fresh one.
+                    tracing::info!(attempt, "the server is read-only: replaying the batch on a fresh connection");
+                    lease_of(&mut lease).abandon();
+                    // Back to its pool, which discards it, before a fresh one is taken.
+                    drop(lease.take());
+                    tokio::time::sleep(policy.delay(attempt)).await;
+                    lease = Some(fresh.acquire().await.map_err(Error::Pool)?);
+                    attempt += 1;
+                    continue;
                 }
-                let delay = policy.delay(attempt);
-                tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.log_summary(), "retrying batch");
-                tokio::time::sleep(delay).await;
+                back_off(error, attempt, policy).await?;
                 attempt += 1;
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        let success = match &result {
+            Ok(committed) if committed.in_enclosing_transaction() => Outcome::Released,
+            _ => Outcome::Committed,
+        };
+        record(&span, &result, success);
+        result
+    }
+
+    /// The span of a run: its statements and labels, then what the run records (see
+    /// [`record`](super::record)).
+    pub(super) fn run_span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "pgbatch.run",
+            statements = self.len(),
+            labels = %self.label_summary(),
+            multiplexed = Empty,
+            attempt = Empty,
+            round_trip_ms = Empty,
+            outcome = Empty,
+            settled = Empty,
+            error = Empty,
+        )
+    }
+
+    /// Runs the batch inside the transaction the caller has open on `connection`: under a
+    /// savepoint of its own, released into that transaction (see
+    /// [`End::Release`](crate::wire::End::Release)). Once, without retries: a serialization
+    /// failure or deadlock dooms the enclosing transaction, which only its owner can retry.
+    async fn run_nested(
+        &self,
+        connection: &mut Connection,
+        statements: &[&Statement],
+        touches_session: bool,
+        policy: crate::plan::RetryPolicy,
+    ) -> Result<Committed, Error<E>> {
+        let refusal = if self.idempotency().is_some() {
+            Some("the batch has an idempotency key, whose marker would commit or roll back with that transaction")
+        } else if self.begin_sql() != "BEGIN" {
+            Some("its transaction options (isolation, read-only, deferrable) can only be set by a BEGIN of its own")
+        } else if policy.keeps_transaction() {
+            Some("its retry policy keeps a transaction of its own (CockroachDB's restart savepoint)")
+        } else if connection.status() == TxStatus::Failed {
+            Some("that transaction is aborted: roll it back first")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return Err(Error::InEnclosingTransaction { reason });
+        }
+        let started = Instant::now();
+        let verdict = self.verdict(End::Release, 1);
+        let exchange = Exchange::new(None, statements, End::Release).reset_session(touches_session);
+        let answers = connection.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
+        let result =
+            verdict.judge(answers).map(|results| Committed::new(results, 1).released_into_enclosing_transaction());
+        if let Some(observer) = &connection.session().observer {
+            let outcome = |index| statement_outcome(result.as_ref().map(drop), index);
+            observe(&**observer, self.labels(), outcome, started.elapsed(), 1);
+        }
+        result
     }
 
     /// One attempt: one exchange, judged.
@@ -145,47 +223,49 @@ impl<E> Batch<E> {
         let begin = (restart != Restart::Again).then_some(&*begin);
         let exchange = Exchange::new(begin, statements, End::Commit).reset_session(touches_session).restart(restart);
         let answers = connection.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
-        let result = verdict.judge(answers).map(|results| Committed::new(results, attempt));
+        let unconfirmed = connection.replication_unconfirmed();
+        let result = verdict
+            .judge(answers)
+            .map(|results| Committed::new(results, attempt).with_replication_unconfirmed(unconfirmed));
+
         if let Some(observer) = &connection.session().observer {
-            self.observe(&**observer, &result, started.elapsed(), attempt);
+            let outcome = |index| statement_outcome(result.as_ref().map(drop), index);
+            observe(&**observer, self.labels(), outcome, started.elapsed(), attempt);
         }
         match result {
             Ok(committed) => Ok(committed),
             Err(Error::AlreadyCommitted(already)) => {
-                // The key's marker is there: read when it was written, on this connection.
-                let committed_at = match self.idempotency() {
+                // The key is taken: read on this connection whether by a commit (and when)
+                // or by a fence.
+                let marker = match self.idempotency() {
                     Some(key) => read_marker::<E>(connection, key).await.unwrap_or_else(|error| {
-                        tracing::warn!(error = %error.log_summary(), "could not read when the idempotency key committed");
+                        tracing::warn!(error = %error.log_summary(), "could not read the idempotency key's marker");
                         None
                     }),
                     None => None,
                 };
-                Err(Error::AlreadyCommitted(AlreadyCommitted::new(already.key().to_owned(), committed_at)))
+                Err(key_taken(already.key(), marker.as_ref(), attempt))
             }
             Err(error) => Err(error),
         }
     }
 }
 
-impl<E> Batch<E> {
-    /// Tells `observer` what became of every statement of a run.
-    fn observe(&self, observer: &dyn Observer, result: &Result<Committed, Error<E>>, elapsed: Duration, attempt: u32) {
-        use std::cmp::Ordering::*;
-        let outcome = |index: usize| match result {
-            Ok(_) => Observed::Committed,
-            Err(Error::Statement(failure) | Error::Domain { failure, .. }) => match index.cmp(&failure.index()) {
-                Less => Observed::RolledBack,
-                Equal => Observed::Failed,
-                Greater => Observed::Skipped,
-            },
-            Err(Error::Commit(_) | Error::Connection(_)) => Observed::RolledBack,
-            Err(Error::OutcomeUnknown(_)) => Observed::Unknown,
-            Err(_) => Observed::Skipped,
-        };
-        for (index, label) in self.labels().enumerate() {
-            observer.statement(&StatementEvent { index, label, outcome: outcome(index), elapsed, attempt });
-        }
+/// Waits as `policy` says before attempt `attempt + 1` when `error` is transient
+/// (a serialization failure, a deadlock) and the policy allows another attempt; otherwise
+/// gives the error back, the run's verdict.
+pub(super) async fn back_off<E>(
+    error: Error<E>,
+    attempt: u32,
+    policy: crate::plan::RetryPolicy,
+) -> Result<(), Error<E>> {
+    if !(error.is_transient() && attempt < policy.attempts()) {
+        return Err(error);
     }
+    let delay = policy.delay(attempt);
+    tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.log_summary(), "retrying batch");
+    tokio::time::sleep(delay).await;
+    Ok(())
 }
 
 /// The connection of a run; it is only ever missing between a lost connection and its

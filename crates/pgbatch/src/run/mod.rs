@@ -4,7 +4,9 @@
 mod batch;
 mod execute;
 pub(crate) mod maintenance;
+mod multiplexed;
+pub(crate) mod record;
 mod settle;
 
 pub use batch::Batch;
-pub(crate) use settle::read_marker;
+pub(crate) use settle::fence_or_read;

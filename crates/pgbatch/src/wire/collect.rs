@@ -7,9 +7,8 @@ use std::sync::Arc;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 
-use super::connection::server_error;
 use crate::codec::{Column, Row, StepOutput};
-use crate::error::{ServerError, SqlState, WireError};
+use crate::error::{BuildError, ServerError, SqlState, WireError};
 
 /// A step of a batch's unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +70,8 @@ impl Collector {
             completed: 0,
             columns: None,
             rows: Vec::new(),
-            outputs: Vec::with_capacity(statements),
+            // A caller's simple query says `usize::MAX`: as many as it holds.
+            outputs: Vec::with_capacity(statements.min(64)),
             failure: None,
             ended: false,
         }
@@ -113,7 +113,7 @@ impl Collector {
                     tracing::debug!("an error after the transaction ended is not the batch's");
                 } else if self.failure.is_none() {
                     // After an error the server skips to the Sync: there is only one.
-                    self.failure = Some((self.step(), Box::new(server_error(body.fields()))));
+                    self.failure = Some((self.step(), Box::new(ServerError::parse(body.fields()))));
                 }
             }
             Message::ReadyForQuery(_) => return Ok(true),
@@ -198,4 +198,213 @@ fn row(columns: Arc<[Column]>, body: &DataRowBody) -> Result<Row, WireError> {
         return Err(protocol("a data row whose width does not match its description"));
     }
     Ok(Row::new(columns, body.buffer_bytes().clone(), values))
+}
+
+/// Why a batch was not sent at all.
+#[derive(Debug)]
+pub(crate) enum NotSent {
+    /// The connection was already closed or broken, or failed while the answers of an
+    /// earlier exchange were read.
+    Closed,
+    /// The connection failed while looking up custom types.
+    Wire(WireError),
+    /// A custom type does not exist.
+    UnknownType(BuildError),
+    /// A two-phase batch's second round trip found no open transaction.
+    NoTransaction,
+    /// The connection is inside a transaction the caller opened, which this exchange would
+    /// have to end: it is refused, never rolled back.
+    InCallerTransaction,
+    /// The protocol encoder refused statement `index` (the checks at push should have).
+    Encode { index: usize, error: std::io::Error },
+    /// No connection to send it on: none could be opened, or none was free in time.
+    Pool(crate::error::PoolError),
+}
+
+/// The collector fed recorded answer streams, byte by byte: no server needed.
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, BytesMut};
+    use postgres_protocol::message::backend::Message;
+
+    use super::*;
+
+    /// One backend message: its type byte, its length and its body.
+    fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![kind];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn complete(tag: &str) -> Vec<u8> {
+        message(b'C', format!("{tag}\0").as_bytes())
+    }
+
+    fn error(code: &str) -> Vec<u8> {
+        message(b'E', format!("SERROR\0C{code}\0Msomething failed\0\0").as_bytes())
+    }
+
+    /// A row description of one int4 column `n`, and a row holding `value`.
+    fn one_row(value: i32) -> Vec<u8> {
+        let mut description = BytesMut::new();
+        description.put_i16(1);
+        description.put_slice(b"n\0");
+        description.put_i32(0);
+        description.put_i16(0);
+        description.put_u32(23);
+        description.put_i16(4);
+        description.put_i32(-1);
+        description.put_i16(1);
+        let mut row = BytesMut::new();
+        row.put_i16(1);
+        row.put_i32(4);
+        row.put_i32(value);
+        [message(b'T', &description), message(b'D', &row)].concat()
+    }
+
+    const PARSED_AND_BOUND: [u8; 10] = [b'1', 0, 0, 0, 4, b'2', 0, 0, 0, 4];
+
+    /// The answers to `BEGIN; SELECT (one row); INSERT; COMMIT; Sync`, with `fail` replacing
+    /// the completion of step `fail` (0 = BEGIN, 3 = COMMIT) by an error.
+    fn stream(fail: Option<usize>) -> Vec<u8> {
+        let steps: [Vec<u8>; 4] = [
+            complete("BEGIN"),
+            [one_row(7), complete("SELECT 1")].concat(),
+            [message(b'n', &[]), complete("INSERT 0 1")].concat(),
+            complete("COMMIT"),
+        ];
+        let mut out = Vec::new();
+        for (index, step) in steps.iter().enumerate() {
+            out.extend_from_slice(&PARSED_AND_BOUND);
+            if fail == Some(index) {
+                out.extend(error("23505"));
+                break;
+            }
+            out.extend_from_slice(step);
+        }
+        out.extend(message(b'Z', b"I"));
+        out
+    }
+
+    fn collector() -> Collector {
+        Collector::new(1, 2, 0, Some("COMMIT"))
+    }
+
+    /// Feeds `bytes` in chunks of `chunk` bytes, as reads would deliver them; returns the
+    /// collector and whether the unit's `ReadyForQuery` arrived.
+    fn feed(bytes: &[u8], chunk: usize) -> (Collector, bool) {
+        let mut collector = collector();
+        let mut buffer = BytesMut::new();
+        for piece in bytes.chunks(chunk.max(1)) {
+            buffer.extend_from_slice(piece);
+            while let Some(message) = Message::parse(&mut buffer).expect("a well-formed stream") {
+                if collector.take(message).expect("an expected message") {
+                    return (collector, true);
+                }
+            }
+        }
+        (collector, false)
+    }
+
+    #[test]
+    fn a_whole_stream_in_any_chunking_is_done_with_every_output() {
+        let bytes = stream(None);
+        for chunk in [1, 2, 3, 5, 7, 64, bytes.len()] {
+            let (collector, ready) = feed(&bytes, chunk);
+            assert!(ready);
+            let answers = collector.finish();
+            assert!(matches!(answers.ending, Ending::Done), "chunks of {chunk}: {:?}", answers.ending);
+            assert_eq!(answers.outputs.len(), 2);
+            assert_eq!(answers.outputs[0].rows[0].value(0), Some(&7i32.to_be_bytes()[..]));
+            assert_eq!((answers.outputs[0].affected, answers.outputs[1].affected), (1, 1));
+        }
+    }
+
+    #[test]
+    fn an_error_at_each_step_is_that_steps_failure() {
+        let expected = [Step::Begin, Step::Statement(0), Step::Statement(1), Step::End];
+        for (fail, step) in expected.into_iter().enumerate() {
+            let (collector, ready) = feed(&stream(Some(fail)), 3);
+            assert!(ready);
+            let answers = collector.finish();
+            match answers.ending {
+                Ending::Failed { step: failed, error } => {
+                    assert_eq!(failed, step);
+                    assert_eq!(*error.code(), SqlState::UNIQUE_VIOLATION);
+                }
+                other => panic!("step {fail}: {other:?}"),
+            }
+            assert_eq!(answers.outputs.len(), fail.saturating_sub(1).min(2), "outputs before step {fail}");
+        }
+    }
+
+    /// A connection cut after every byte of the answers: the verdict is done only when
+    /// `COMMIT`'s own answer arrived whole, failed when an error did, and lost otherwise,
+    /// with whether `COMMIT` had been written passed through.
+    #[test]
+    fn a_cut_after_any_byte_is_judged_by_what_arrived() {
+        for fail in [None, Some(1), Some(3)] {
+            let bytes = stream(fail);
+            let commit_answered = fail.is_none().then(|| {
+                let end = complete("COMMIT");
+                bytes.windows(end.len()).position(|w| w == end).unwrap() + end.len()
+            });
+            let error_at = fail.map(|_| bytes.iter().position(|&b| b == b'E').unwrap());
+            for cut in 0..bytes.len() {
+                for end_sent in [false, true] {
+                    let (collector, ready) = feed(&bytes[..cut], 1);
+                    assert!(!ready, "no ReadyForQuery before the last message");
+                    let answers = collector.lost(WireError::Closed, end_sent);
+                    match answers.ending {
+                        Ending::Done => assert!(commit_answered.is_some_and(|at| cut >= at), "{fail:?} cut at {cut}"),
+                        Ending::Failed { .. } => assert!(error_at.is_some_and(|at| cut > at), "{fail:?} cut at {cut}"),
+                        Ending::Lost { end_sent: passed, .. } => {
+                            assert_eq!(passed, end_sent);
+                            assert!(commit_answered.is_none_or(|at| cut < at), "{fail:?} cut at {cut}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A cancel or timeout the server acts on after `COMMIT` answered, before the `Sync`,
+    /// cannot undo the commit.
+    #[test]
+    fn an_error_after_commit_answered_leaves_it_done() {
+        let mut bytes = stream(None);
+        let ready = bytes.len() - 6;
+        bytes.splice(ready..ready, error("57014"));
+        let (collector, ready) = feed(&bytes, 4);
+        assert!(ready);
+        assert!(matches!(collector.finish().ending, Ending::Done));
+    }
+
+    /// `COMMIT` of a transaction the server had already aborted answers with the tag
+    /// `ROLLBACK`: nothing committed.
+    #[test]
+    fn a_commit_answered_rollback_is_a_failure_at_the_end() {
+        let bytes = stream(None);
+        let commit = complete("COMMIT");
+        let at = bytes.windows(commit.len()).position(|w| w == commit).unwrap();
+        let mut rolled_back = bytes[..at].to_vec();
+        rolled_back.extend(complete("ROLLBACK"));
+        rolled_back.extend(message(b'Z', b"I"));
+        let answers = feed(&rolled_back, 5).0.finish();
+        assert!(
+            matches!(&answers.ending, Ending::Failed { step: Step::End, error } if *error.code() == SqlState::IN_FAILED_SQL_TRANSACTION),
+            "{:?}",
+            answers.ending
+        );
+    }
+
+    #[test]
+    fn a_sub_protocol_or_a_row_without_description_is_a_protocol_error() {
+        for bad in [message(b'G', &[0, 0, 0]), message(b'D', &[0, 0])] {
+            let mut buffer = BytesMut::from(&bad[..]);
+            let message = Message::parse(&mut buffer).unwrap().unwrap();
+            assert!(matches!(collector().take(message), Err(WireError::Protocol(_))));
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::ConnectError;
 
@@ -43,8 +44,8 @@ impl SslMode {
         })
     }
 
-    /// The name libpq gives this mode.
-    pub(crate) fn name(self) -> &'static str {
+    /// The name libpq gives this mode (`verify-full`, ...), as a URL writes it.
+    pub fn name(self) -> &'static str {
         match self {
             SslMode::Disable => "disable",
             SslMode::Prefer => "prefer",
@@ -60,11 +61,82 @@ impl SslMode {
     }
 }
 
+/// Which server of several listed hosts a connection may end on, as libpq's
+/// `target_session_attrs` means it. A host that does not qualify is closed and the next one
+/// tried; the connection fails, listing each host's reason, when none qualifies.
+///
+/// The server's state is read from what it reports at start-up (`in_hot_standby` and
+/// `default_transaction_read_only`, PostgreSQL 14 and later), so choosing costs no round
+/// trip; where they are not reported (older servers, behind PgBouncer) one query reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TargetSessionAttrs {
+    /// Any server (the default).
+    #[default]
+    Any,
+    /// A server that accepts writes: not a standby, and not `default_transaction_read_only`.
+    ReadWrite,
+    /// A server that does not accept writes: a standby, or `default_transaction_read_only`.
+    ReadOnly,
+    /// A server that is not a standby.
+    Primary,
+    /// A hot standby.
+    Standby,
+    /// A hot standby when one of the hosts is; otherwise any server.
+    PreferStandby,
+}
+
+impl TargetSessionAttrs {
+    fn parse(value: &str) -> Result<Self, ConnectError> {
+        Ok(match value {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            "primary" => TargetSessionAttrs::Primary,
+            "standby" => TargetSessionAttrs::Standby,
+            "prefer-standby" => TargetSessionAttrs::PreferStandby,
+            other => {
+                return Err(ConnectError::Config(format!(
+                    "target_session_attrs {other:?} is not one of any, read-write, read-only, primary, standby, \
+                     prefer-standby"
+                )));
+            }
+        })
+    }
+
+    /// The name libpq gives this value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TargetSessionAttrs::Any => "any",
+            TargetSessionAttrs::ReadWrite => "read-write",
+            TargetSessionAttrs::ReadOnly => "read-only",
+            TargetSessionAttrs::Primary => "primary",
+            TargetSessionAttrs::Standby => "standby",
+            TargetSessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+}
+
+/// tokio-postgres's default idle time before the first keepalive probe.
+const TOKIO_POSTGRES_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// pgbatch's default idle time before the first keepalive probe (`keepalives_idle`).
+pub(crate) const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+/// pgbatch's default time between keepalive probes (`keepalives_interval`).
+pub(crate) const DEFAULT_KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+/// pgbatch's default number of unanswered probes before the connection is dropped
+/// (`keepalives_retries`).
+pub(crate) const DEFAULT_KEEPALIVES_RETRIES: u32 = 3;
+/// pgbatch's default limit on how long written data may stay unacknowledged
+/// (`tcp_user_timeout`).
+pub(crate) const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Where and how to connect.
 ///
 /// Parse it from a `postgres://` URL or a libpq `key=value` string; every key
-/// tokio-postgres understands works, and `sslmode` and `sslrootcert` mean what they mean
-/// to libpq:
+/// tokio-postgres understands works, several hosts included (`host=a,b port=5432,5433`, or
+/// `postgres://a:5432,b:5433/db`), and `sslmode`, `sslrootcert` and `target_session_attrs`
+/// mean what they mean to libpq. A value pgbatch cannot honour (`channel_binding=require`,
+/// `sslnegotiation=direct`) fails the connection with an error naming it, never ignored:
 ///
 /// ```
 /// let config: pgbatch::Config =
@@ -74,11 +146,42 @@ impl SslMode {
 /// ```
 ///
 /// A `tokio_postgres::Config` converts into one, keeping its `sslmode`.
+///
+/// # Dead-server detection
+///
+/// A server that vanishes without closing its connections (a host lost, a network
+/// partition, a failover that moves an address) leaves a connection waiting forever unless
+/// TCP notices. tokio-postgres's defaults notice late (a first keepalive probe after 2
+/// hours, and the kernel's retransmission timeout, about 15 minutes on Linux, for unanswered
+/// writes), so pgbatch sets its own wherever the configuration leaves tokio-postgres's:
+///
+/// | setting | pgbatch's default | effect |
+/// |---|---|---|
+/// | `keepalives` | on | |
+/// | `keepalives_idle` | 30 s | an idle connection is probed after 30 s of silence |
+/// | `keepalives_interval` | 10 s | then every 10 s |
+/// | `keepalives_retries` | 3 | and dropped when they go unanswered (on Linux, once nothing has been acknowledged for `tcp_user_timeout`): within about 90 s |
+/// | `tcp_user_timeout` | 60 s (Linux) | a connection whose writes go unacknowledged for 60 s is dropped |
+///
+/// A value set in the URL (or on the `tokio_postgres::Config`) is kept; `keepalives=0`
+/// turns keepalives off. `connect_timeout` is per host; a [`ConnectionManager`] sets 10 s
+/// where none is given. A pool should also replace its connections from time to time, see
+/// [`ConnectionManager`].
+///
+/// ```
+/// let config: pgbatch::Config = "postgres://app@db/app?keepalives_idle=5".parse()?;
+/// assert_eq!(config.postgres().get_keepalives_idle(), std::time::Duration::from_secs(5));
+/// assert_eq!(config.postgres().get_tcp_user_timeout(), Some(&std::time::Duration::from_secs(60)));
+/// # Ok::<(), pgbatch::ConnectError>(())
+/// ```
+///
+/// [`ConnectionManager`]: crate::ConnectionManager
 #[derive(Debug, Clone)]
 pub struct Config {
     postgres: tokio_postgres::Config,
     ssl_mode: SslMode,
     ssl_root_cert: Option<PathBuf>,
+    target_session_attrs: TargetSessionAttrs,
 }
 
 impl Config {
@@ -116,6 +219,59 @@ impl Config {
     pub fn get_ssl_root_cert(&self) -> Option<&std::path::Path> {
         self.ssl_root_cert.as_deref()
     }
+
+    /// Sets which server of the listed hosts a connection may end on.
+    pub fn target_session_attrs(&mut self, attrs: TargetSessionAttrs) -> &mut Self {
+        self.target_session_attrs = attrs;
+        self
+    }
+
+    /// Which server of the listed hosts a connection may end on.
+    pub fn get_target_session_attrs(&self) -> TargetSessionAttrs {
+        self.target_session_attrs
+    }
+
+    /// Replaces tokio-postgres's TCP defaults (a first keepalive probe after 2 hours, and
+    /// the operating system's retransmission timeout, about 15 minutes on Linux) with
+    /// pgbatch's, each only where the configuration still holds tokio-postgres's default.
+    fn detect_dead_servers_sooner(&mut self) {
+        let postgres = &mut self.postgres;
+        if !postgres.get_keepalives() {
+            return;
+        }
+        if postgres.get_keepalives_idle() == TOKIO_POSTGRES_KEEPALIVES_IDLE {
+            postgres.keepalives_idle(DEFAULT_KEEPALIVES_IDLE);
+        }
+        if postgres.get_keepalives_interval().is_none() {
+            postgres.keepalives_interval(DEFAULT_KEEPALIVES_INTERVAL);
+        }
+        if postgres.get_keepalives_retries().is_none() {
+            postgres.keepalives_retries(DEFAULT_KEEPALIVES_RETRIES);
+        }
+        if postgres.get_tcp_user_timeout().is_none() {
+            postgres.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
+        }
+    }
+
+    /// The first setting pgbatch cannot honour, with what to set instead.
+    pub(crate) fn unsupported(&self) -> Option<String> {
+        use tokio_postgres::config::{ChannelBinding, SslNegotiation};
+        if self.postgres.get_channel_binding() == ChannelBinding::Require {
+            return Some(
+                "channel_binding=require is not supported: pgbatch does not implement SCRAM-SHA-256-PLUS; use \
+                 channel_binding=prefer or disable, with sslmode=verify-full to authenticate the server"
+                    .into(),
+            );
+        }
+        if self.postgres.get_ssl_negotiation() == SslNegotiation::Direct {
+            return Some(
+                "sslnegotiation=direct is not supported: pgbatch negotiates TLS with an SSLRequest; use \
+                 sslnegotiation=postgres"
+                    .into(),
+            );
+        }
+        None
+    }
 }
 
 impl From<tokio_postgres::Config> for Config {
@@ -125,7 +281,13 @@ impl From<tokio_postgres::Config> for Config {
             tokio_postgres::config::SslMode::Require => SslMode::Require,
             _ => SslMode::Prefer,
         };
-        Config { postgres, ssl_mode, ssl_root_cert: None }
+        let target_session_attrs = match postgres.get_target_session_attrs() {
+            tokio_postgres::config::TargetSessionAttrs::ReadWrite => TargetSessionAttrs::ReadWrite,
+            _ => TargetSessionAttrs::Any,
+        };
+        let mut config = Config { postgres, ssl_mode, ssl_root_cert: None, target_session_attrs };
+        config.detect_dead_servers_sooner();
+        config
     }
 }
 
@@ -153,6 +315,7 @@ impl FromStr for Config {
         for (key, value) in ours {
             match key.as_str() {
                 "sslmode" => config.ssl_mode = SslMode::parse(&value)?,
+                "target_session_attrs" => config.target_session_attrs = TargetSessionAttrs::parse(&value)?,
                 _ => config.ssl_root_cert = Some(PathBuf::from(value)),
             }
         }
@@ -161,8 +324,8 @@ impl FromStr for Config {
 }
 
 /// The keys this crate reads itself; tokio-postgres does not know the last two values of
-/// `sslmode` nor `sslrootcert`.
-const OUR_KEYS: [&str; 2] = ["sslmode", "sslrootcert"];
+/// `sslmode`, `sslrootcert`, nor four of the values of `target_session_attrs`.
+const OUR_KEYS: [&str; 3] = ["sslmode", "sslrootcert", "target_session_attrs"];
 
 /// Splits our keys off a connection string, returning the rest (for tokio-postgres) and
 /// ours.
@@ -280,6 +443,28 @@ mod tests {
         assert_eq!(config.postgres().get_password(), Some(&b"it's"[..]));
         assert!("sslmode=bogus".parse::<Config>().is_err());
         assert!("host=h user='open".parse::<Config>().is_err());
+    }
+
+    #[test]
+    fn dead_servers_are_detected_within_a_minute_unless_the_url_says_otherwise() {
+        let config: Config = "postgres://h/db".parse().unwrap();
+        let postgres = config.postgres();
+        assert!(postgres.get_keepalives());
+        assert_eq!(postgres.get_keepalives_idle(), DEFAULT_KEEPALIVES_IDLE);
+        assert_eq!(postgres.get_keepalives_interval(), Some(DEFAULT_KEEPALIVES_INTERVAL));
+        assert_eq!(postgres.get_keepalives_retries(), Some(DEFAULT_KEEPALIVES_RETRIES));
+        assert_eq!(postgres.get_tcp_user_timeout(), Some(&DEFAULT_TCP_USER_TIMEOUT));
+
+        let config: Config =
+            "host=h keepalives_idle=600 keepalives_interval=1 keepalives_retries=9 tcp_user_timeout=5".parse().unwrap();
+        let postgres = config.postgres();
+        assert_eq!(postgres.get_keepalives_idle(), Duration::from_secs(600));
+        assert_eq!(postgres.get_keepalives_interval(), Some(Duration::from_secs(1)));
+        assert_eq!(postgres.get_keepalives_retries(), Some(9));
+        assert_eq!(postgres.get_tcp_user_timeout(), Some(&Duration::from_secs(5)));
+
+        let off: Config = "postgres://h/db?keepalives=0".parse().unwrap();
+        assert!(!off.postgres().get_keepalives());
     }
 
     #[test]

@@ -2,19 +2,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::cancel::CancelToken;
-use super::config::Config;
 use super::io::{Io, without_waiting};
-use super::session::Session;
+use super::session::{Session, SessionReset};
+use super::sql::{DISCARD, ROLLBACK};
 use crate::codec::TypeName;
 use crate::error::{ConnectError, ServerError, SqlState, WireError};
 use crate::plan::RetryPolicy;
@@ -27,9 +27,16 @@ pub(crate) enum TxStatus {
     Failed,
 }
 
+/// The start of the WARNING a server sends when a commit stops waiting for synchronous
+/// replication (a cancel request, a timeout): committed locally, perhaps not replicated.
+/// PostgreSQL sends it untranslated only with `lc_messages` in English (`C`, `en_*`).
+const SYNC_REPLICATION_CANCELLED: &str = "canceling wait for synchronous replication";
+
 /// How long a dropped connection may take to read the answers still due before it is
-/// closed: long enough for a batch that was sent whole to finish on the server.
-const DRAIN_ON_DROP: Duration = Duration::from_secs(60);
+/// closed and its backend, if it may still hold a transaction, is ended: long enough for a
+/// batch that was sent whole to finish on the server, short enough that an orphan's locks
+/// are not held for long.
+const DRAIN_ON_DROP: Duration = Duration::from_secs(10);
 
 /// A PostgreSQL connection that runs batches.
 ///
@@ -51,12 +58,38 @@ pub struct Connection {
     pending: usize,
     status: TxStatus,
     broken: bool,
+    /// Whether the session may hold state a batch left in it, until a reset clears it.
+    dirty: bool,
+    /// Whether the open transaction, if any, is one the caller opened with a request of
+    /// its own (a diesel-async transaction): batches then join it and never end it.
+    caller_transaction: bool,
+    /// Whether the server said, during the last exchange, that it stopped waiting for
+    /// synchronous replication of a commit.
+    replication_unconfirmed: bool,
     parameters: HashMap<String, String>,
     cancel: CancelToken,
     /// OIDs of custom types, looked up once per connection: `(type, array type)`.
     types: HashMap<TypeName, (u32, u32)>,
     session: Arc<Session>,
+    /// Ends the server process behind the connection from another connection, when it can
+    /// be ended by process id (see [`backend`](super::backend)).
+    end_backend: Option<EndBackend>,
+    /// What a diesel-async caller keeps on the connection.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) caller: CallerState,
 }
+
+/// What a diesel-async caller keeps on the connection: the transaction manager its
+/// `transaction` calls go through, and its instrumentation.
+#[cfg(feature = "diesel-async")]
+pub(crate) struct CallerState {
+    pub(crate) transaction_manager: diesel_async::AnsiTransactionManager,
+    pub(crate) instrumentation: diesel::connection::DynInstrumentation,
+}
+
+/// Ends a connection's backend from another connection; true when it ended one. Made by
+/// start-up, which knows how to open that other connection.
+pub(crate) type EndBackend = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 impl Connection {
     pub(crate) fn new(io: Io, parameters: HashMap<String, String>, cancel: CancelToken, session: Arc<Session>) -> Self {
@@ -65,37 +98,30 @@ impl Connection {
             pending: 0,
             status: TxStatus::Idle,
             broken: false,
+            dirty: false,
+            caller_transaction: false,
+            replication_unconfirmed: false,
             parameters,
             cancel,
             types: HashMap::new(),
             session,
+            end_backend: None,
+            #[cfg(feature = "diesel-async")]
+            caller: CallerState {
+                transaction_manager: diesel_async::AnsiTransactionManager::default(),
+                instrumentation: diesel::connection::DynInstrumentation::default_instrumentation(),
+            },
         }
     }
 
-    /// Connects to a `postgres://` URL or a `key=value` connection string, with TLS as
-    /// its `sslmode` says (see [`Config`]).
-    ///
-    /// # Errors
-    ///
-    /// [`ConnectError::Config`] when the string does not parse; otherwise as for
-    /// [`connect_with`](Self::connect_with).
-    pub async fn connect(params: &str) -> Result<Self, ConnectError> {
-        let config: Config = params.parse()?;
-        Self::connect_with(&config).await
+    pub(crate) fn set_end_backend(&mut self, end_backend: Option<EndBackend>) {
+        self.end_backend = end_backend;
     }
 
-    /// Connects with a [`Config`] (a `&tokio_postgres::Config` converts into one).
-    ///
-    /// The whole handshake (TCP, TLS, authentication) is bounded by the configuration's
-    /// `connect_timeout`, for every host it names.
-    ///
-    /// # Errors
-    ///
-    /// [`ConnectError`]: unreachable host, timeout, TLS, authentication, or the server
-    /// refusing the session. With several hosts, the last host's error.
-    pub async fn connect_with(config: impl Into<Config>) -> Result<Self, ConnectError> {
-        let config = config.into();
-        super::startup::connect(&config, Arc::new(Session::default())).await
+    /// Ends the server process behind the connection from another connection, when it can
+    /// be ended by process id (not behind PgBouncer).
+    pub(crate) fn end_backend(&self) -> Option<EndBackend> {
+        self.end_backend.clone()
     }
 
     /// Whether the connection is closed or broken: batches on it fail with nothing sent.
@@ -110,14 +136,15 @@ impl Connection {
     /// # Errors
     ///
     /// [`ConnectError::Closed`] when closed, [`ConnectError::Unclean`] when answers of an
-    /// interrupted batch are still due or a transaction is open.
+    /// interrupted batch are still due, a transaction is open, or the session has not been
+    /// reset since a batch ran statements on it.
     pub fn check(&mut self) -> Result<(), ConnectError> {
         if !self.broken {
-            let _ = without_waiting(|cx| self.poll_settle(cx));
+            let _ = without_waiting(|cx| self.poll_drain(cx));
         }
         if self.broken {
             Err(ConnectError::Closed)
-        } else if self.pending > 0 || self.io().has_unwritten() || self.status != TxStatus::Idle {
+        } else if self.pending > 0 || self.io().has_unwritten() || self.status != TxStatus::Idle || self.dirty {
             Err(ConnectError::Unclean)
         } else {
             Ok(())
@@ -158,6 +185,11 @@ impl Connection {
         Arc::make_mut(&mut self.session).observer = Some(Arc::new(observer));
     }
 
+    /// Sets when this connection's session is reset; see [`SessionReset`].
+    pub fn set_session_reset(&mut self, reset: SessionReset) {
+        Arc::make_mut(&mut self.session).reset = reset;
+    }
+
     pub(crate) fn session(&self) -> &Arc<Session> {
         &self.session
     }
@@ -178,9 +210,63 @@ impl Connection {
         self.types.insert(name, oids);
     }
 
-    /// Counts a unit just queued; its `ReadyForQuery` is now due.
-    pub(crate) fn expect_unit(&mut self) {
-        self.pending += 1;
+    /// Counts units just queued; their `ReadyForQuery`s are now due.
+    pub(crate) fn expect_units(&mut self, count: usize) {
+        self.pending += count;
+    }
+
+    /// Whether the server said, since [`forget_replication_warning`](Self::forget_replication_warning),
+    /// that it stopped waiting for synchronous replication of a commit: the commit is local
+    /// to this server and may be lost if it fails over before its standbys catch up.
+    pub(crate) fn replication_unconfirmed(&self) -> bool {
+        self.replication_unconfirmed
+    }
+
+    /// Starts listening anew for the synchronous-replication warning (at each exchange).
+    pub(crate) fn forget_replication_warning(&mut self) {
+        self.replication_unconfirmed = false;
+    }
+
+    /// Whether the session may hold state a batch left in it.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Records that a batch's statements are about to run on the session, or that a reset
+    /// completed (`false`).
+    pub(crate) fn set_dirty(&mut self, dirty: bool) {
+        self.dirty = dirty;
+    }
+
+    /// Whether the server is inside a transaction the caller opened with a request of its
+    /// own: a batch joins it (see [`End::Release`](super::exchange::End::Release)), and
+    /// nothing pgbatch sends may end it.
+    pub(crate) fn in_caller_transaction(&self) -> bool {
+        self.caller_transaction && self.status != TxStatus::Idle
+    }
+
+    /// Records, after a caller's own request, whether it left a transaction open.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) fn note_caller_request(&mut self) {
+        self.caller_transaction = self.status != TxStatus::Idle;
+    }
+
+    /// Whether statements that run on this connection make its session need a reset, when
+    /// pgbatch does not recognise them as changing it.
+    pub(crate) fn resets_after_every_batch(&self) -> bool {
+        self.session.reset == SessionReset::AfterEveryBatch
+    }
+
+    /// Queues the session reset, `DISCARD ALL` and the session setup again, each a simple
+    /// query (a unit) of its own; returns how many units that is. The caller counts them.
+    pub(crate) fn queue_reset(&mut self) -> std::io::Result<usize> {
+        let session = Arc::clone(&self.session);
+        let buf = self.io().queue();
+        frontend::query(DISCARD, buf)?;
+        for sql in &session.setup {
+            frontend::query(sql, buf)?;
+        }
+        Ok(1 + session.setup.len())
     }
 
     /// Gives up on the connection: closes its socket, which ends its session (and any
@@ -204,13 +290,14 @@ impl Connection {
             }
             Message::NoticeResponse(body) => {
                 // Every committed batch's closing ROLLBACK draws 25P01 ("there is no
-                // transaction in progress"), which says nothing: other notices go to a debug
-                // log, their kind only, since the message can quote values.
-                if tracing::enabled!(tracing::Level::DEBUG) {
-                    let notice = server_error(body.fields());
-                    if *notice.code() != SqlState::NO_ACTIVE_SQL_TRANSACTION {
-                        tracing::debug!(severity = notice.severity(), code = notice.code().code(), "server notice");
-                    }
+                // transaction in progress"), which says nothing. A commit whose wait for
+                // synchronous replication was cancelled is reported. Other notices go to a
+                // debug log, their kind only, since the message can quote values.
+                let notice = ServerError::parse(body.fields());
+                if notice.message().starts_with(SYNC_REPLICATION_CANCELLED) {
+                    self.replication_unconfirmed = true;
+                } else if *notice.code() != SqlState::NO_ACTIVE_SQL_TRANSACTION {
+                    tracing::debug!(severity = notice.severity(), code = notice.code().code(), "server notice");
                 }
                 None
             }
@@ -225,15 +312,44 @@ impl Connection {
                     b'E' => TxStatus::Failed,
                     _ => TxStatus::Idle,
                 };
+                // Whoever opened the transaction, it has ended.
+                self.caller_transaction &= self.status != TxStatus::Idle;
                 Some(Message::ReadyForQuery(body))
             }
             other => Some(other),
         }
     }
 
+    /// Writes what is queued, as far as the socket takes it without waiting; the failure
+    /// when the write failed.
+    pub(crate) fn poll_send(&mut self, cx: &mut std::task::Context<'_>) -> Result<(), WireError> {
+        if self.io().has_unwritten()
+            && let Poll::Ready(Err(error)) = self.io().poll_write(cx)
+        {
+            return Err(WireError::Io(error));
+        }
+        Ok(())
+    }
+
+    /// The next message that answers a request (parameter reports and notices are taken in
+    /// here, not handed on); the failure when the server closed the connection or the read
+    /// failed.
+    pub(crate) fn poll_answer(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Message, WireError>> {
+        loop {
+            let message = match std::task::ready!(self.io().poll_message(cx)) {
+                Ok(Some(message)) => message,
+                Ok(None) => return Poll::Ready(Err(WireError::Closed)),
+                Err(error) => return Poll::Ready(Err(WireError::Io(error))),
+            };
+            if let Some(message) = self.absorb(message) {
+                return Poll::Ready(Ok(message));
+            }
+        }
+    }
+
     /// Writes what is queued and reads the answers still due, throwing them away; then
     /// notices, without waiting, a server that closed the connection or ended the session.
-    pub(crate) fn poll_settle(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WireError>> {
+    pub(crate) fn poll_drain(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), WireError>> {
         if self.broken {
             return Poll::Ready(Err(WireError::Closed));
         }
@@ -253,7 +369,7 @@ impl Connection {
             };
             match self.absorb(message) {
                 Some(Message::ErrorResponse(body)) => {
-                    let error = server_error(body.fields());
+                    let error = ServerError::parse(body.fields());
                     if error.ended_session() || self.pending == 0 {
                         return Poll::Ready(Err(self.lost(WireError::Session(Box::new(error)))));
                     }
@@ -269,8 +385,8 @@ impl Connection {
     }
 
     /// Waits until the answers still due have been read.
-    pub(crate) async fn settle(&mut self) -> Result<(), WireError> {
-        std::future::poll_fn(|cx| self.poll_settle(cx)).await
+    pub(crate) async fn drain(&mut self) -> Result<(), WireError> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
     }
 
     /// Marks the connection broken and passes the error on.
@@ -279,36 +395,38 @@ impl Connection {
         error
     }
 
-    /// Queues `ROLLBACK` without waiting for it, for a `Drop`: it is written now if the
-    /// socket takes it, otherwise with whatever next uses or drops the connection.
+    /// Queues `ROLLBACK` and the session reset without waiting for them, for a `Drop`:
+    /// they are written now if the socket takes them, otherwise with whatever next uses or
+    /// drops the connection. The session stays marked for a reset: a pool discards the
+    /// connection (its answers are due), and a bare connection's next batch resets again.
     pub(crate) fn queue_rollback(&mut self) {
         if self.broken {
             return;
         }
-        let _ = frontend::query(super::exchange::ROLLBACK, self.io().queue());
-        self.expect_unit();
+        let _ = frontend::query(ROLLBACK, self.io().queue());
+        let resets = self.queue_reset().unwrap_or(0);
+        self.expect_units(1 + resets);
         let _ = without_waiting(|cx| self.io().poll_write(cx));
     }
 }
 
-/// A server error from an `ErrorResponse` or `NoticeResponse`'s fields.
-pub(crate) fn server_error(mut fields: postgres_protocol::message::backend::ErrorFields<'_>) -> ServerError {
-    let mut pairs = Vec::new();
-    while let Ok(Some(field)) = fields.next() {
-        pairs.push((field.type_(), String::from_utf8_lossy(field.value_bytes()).into_owned()));
-    }
-    ServerError::from_fields(pairs.iter().map(|(kind, value)| (*kind, value.as_str())))
-}
-
 impl Drop for Connection {
     fn drop(&mut self) {
-        let Some(mut io) = self.io.take() else { return };
-        if self.broken {
-            return;
-        }
-        // Answers still due: let the server finish what it was sent (a batch sent whole
-        // runs whole), then close. Otherwise say goodbye; closing is what matters.
         let pending = self.pending;
+        let end_backend = self.end_backend.take();
+        let runtime = tokio::runtime::Handle::try_current();
+        let Some(mut io) = self.io.take().filter(|_| !self.broken) else {
+            // Lost with answers due: the server's side may still be open (a middlebox
+            // closed only ours), its backend inside the transaction. End it.
+            if let (Some(end_backend), Ok(runtime)) = (end_backend.filter(|_| pending > 0), runtime) {
+                runtime.spawn(end_backend());
+            }
+            return;
+        };
+        // Answers still due: let the server finish what it was sent (a batch sent whole
+        // runs whole), then close; if they do not come, end the backend, which may be
+        // waiting for the rest of a pipeline inside its transaction. Otherwise say goodbye;
+        // closing is what matters.
         let mut goodbye = BytesMut::new();
         frontend::terminate(&mut goodbye);
         if pending == 0 && !io.has_unwritten() {
@@ -316,7 +434,7 @@ impl Drop for Connection {
             let _ = without_waiting(|cx| io.poll_write(cx));
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let Ok(runtime) = runtime else { return };
         runtime.spawn(async move {
             let drained = tokio::time::timeout(DRAIN_ON_DROP, async {
                 io.write_all().await?;
@@ -329,10 +447,14 @@ impl Drop for Connection {
                 Ok::<_, std::io::Error>(())
             })
             .await;
-            if matches!(drained, Ok(Ok(()))) {
+            let drained = matches!(drained, Ok(Ok(())));
+            if drained {
                 io.queue().extend_from_slice(&goodbye);
             }
             io.close().await;
+            if let Some(end_backend) = end_backend.filter(|_| !drained) {
+                end_backend().await;
+            }
         });
     }
 }

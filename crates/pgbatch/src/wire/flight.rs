@@ -13,7 +13,7 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::collect::{Answers, Collector};
-use super::connection::{Connection, TxStatus, server_error};
+use super::connection::{Connection, TxStatus};
 use crate::error::{ServerError, WireError};
 
 /// One unit due.
@@ -22,6 +22,23 @@ pub(crate) enum Unit {
     Collect(Collector),
     /// Its answers are read and dropped; an error in it is kept.
     Discard,
+    /// A step of the session reset (`DISCARD ALL`, the session setup): read and dropped,
+    /// and an error in it means the session may not be clean.
+    Reset,
+}
+
+/// What a flight brought back.
+pub(crate) struct Landed {
+    /// The collected units' answers, in order.
+    pub(crate) answers: Vec<Answers>,
+    /// The first error of a discarded unit.
+    pub(crate) discarded_error: Option<Box<ServerError>>,
+    /// Whether the flight carried a session reset and every step of it completed without
+    /// an error: the session is clean.
+    pub(crate) reset_done: bool,
+    /// Whether the flight carried a session reset and a step of it failed (or was never
+    /// answered): the session may hold state.
+    pub(crate) reset_failed: bool,
 }
 
 /// The units of one exchange, in the order they were queued.
@@ -29,7 +46,10 @@ pub(crate) struct Flight {
     units: VecDeque<Unit>,
     answers: Vec<Answers>,
     /// The first error of a discarded unit.
-    pub(crate) discarded_error: Option<Box<ServerError>>,
+    discarded_error: Option<Box<ServerError>>,
+    /// Whether a reset step was queued, and whether one failed (or was never answered).
+    reset_queued: bool,
+    reset_failed: bool,
     /// Where the end step (`COMMIT`) of the first collected unit ends in the byte stream.
     end_offset: Option<u64>,
     /// When the first collected unit leaves a transaction open and fails, roll it back at
@@ -43,6 +63,8 @@ impl Flight {
             units: VecDeque::new(),
             answers: Vec::new(),
             discarded_error: None,
+            reset_queued: false,
+            reset_failed: false,
             end_offset: None,
             roll_back_open_failure: false,
         }
@@ -50,7 +72,8 @@ impl Flight {
 
     /// Adds a unit just queued on `connection`.
     pub(crate) fn push(&mut self, connection: &mut Connection, unit: Unit) {
-        connection.expect_unit();
+        connection.expect_units(1);
+        self.reset_queued |= matches!(unit, Unit::Reset);
         self.units.push_back(unit);
     }
 
@@ -64,35 +87,45 @@ impl Flight {
 
     /// Drives the connection until every unit has answered; returns the collected units'
     /// answers, in order. When the connection fails, the units still due report it.
-    pub(crate) async fn land(mut self, connection: &mut Connection) -> (Vec<Answers>, Option<Box<ServerError>>) {
+    pub(crate) async fn land(mut self, connection: &mut Connection) -> Landed {
         std::future::poll_fn(|cx| self.poll(connection, cx)).await;
-        (self.answers, self.discarded_error)
+        self.landed()
+    }
+
+    /// Hands one message of this flight's to it, for a [`Pipeline`](super::pipeline::Pipeline)
+    /// that reads for several flights in turn; true once every unit has answered.
+    pub(crate) fn accept(&mut self, connection: &mut Connection, message: Message) -> Result<bool, WireError> {
+        self.take(connection, message)?;
+        Ok(self.units.is_empty())
+    }
+
+    /// What the flight brought back, once every unit has answered or reported a failure.
+    pub(crate) fn landed(self) -> Landed {
+        Landed {
+            answers: self.answers,
+            discarded_error: self.discarded_error,
+            reset_done: self.reset_queued && !self.reset_failed,
+            reset_failed: self.reset_queued && self.reset_failed,
+        }
     }
 
     fn poll(&mut self, connection: &mut Connection, cx: &mut std::task::Context<'_>) -> Poll<()> {
         loop {
-            if connection.io().has_unwritten()
-                && let Poll::Ready(Err(error)) = connection.io().poll_write(cx)
-            {
-                self.fail(connection, WireError::Io(error));
+            if let Err(error) = connection.poll_send(cx) {
+                self.fail(connection, error);
                 return Poll::Ready(());
             }
             if self.units.is_empty() && !connection.io().has_unwritten() {
                 return Poll::Ready(());
             }
-            let message = match connection.io().poll_message(cx) {
+            let message = match connection.poll_answer(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Some(message))) => message,
-                Poll::Ready(Ok(None)) => {
-                    self.fail(connection, WireError::Closed);
-                    return Poll::Ready(());
-                }
+                Poll::Ready(Ok(message)) => message,
                 Poll::Ready(Err(error)) => {
-                    self.fail(connection, WireError::Io(error));
+                    self.fail(connection, error);
                     return Poll::Ready(());
                 }
             };
-            let Some(message) = connection.absorb(message) else { continue };
             if let Err(error) = self.take(connection, message) {
                 self.fail(connection, error);
                 return Poll::Ready(());
@@ -105,18 +138,19 @@ impl Flight {
         let Some(unit) = self.units.front_mut() else {
             return match message {
                 // A server that ends the session between requests says so first.
-                Message::ErrorResponse(body) => Err(WireError::Session(Box::new(server_error(body.fields())))),
+                Message::ErrorResponse(body) => Err(WireError::Session(Box::new(ServerError::parse(body.fields())))),
                 _ => Err(WireError::Protocol("a message outside any request".into())),
             };
         };
         match unit {
-            Unit::Discard => match message {
+            Unit::Discard | Unit::Reset => match message {
                 Message::ReadyForQuery(_) => {
                     self.units.pop_front();
                 }
                 Message::ErrorResponse(body) => {
-                    let error = server_error(body.fields());
+                    let error = ServerError::parse(body.fields());
                     tracing::debug!(code = error.code().code(), "a follow-up request of a batch failed");
+                    self.reset_failed |= matches!(unit, Unit::Reset);
                     self.discarded_error.get_or_insert(Box::new(error));
                 }
                 _ => {}
@@ -128,11 +162,17 @@ impl Flight {
                     self.answers.push(collector.finish());
                     if failed && self.roll_back_open_failure && connection.status() != TxStatus::Idle {
                         // The first round trip of a two-phase batch failed inside its open
-                        // transaction: end it now, before the connection is handed back.
-                        frontend::query(super::exchange::ROLLBACK, connection.io().queue())
+                        // transaction: end it now, and reset the session it may have
+                        // changed, before the connection is handed back.
+                        frontend::query(super::sql::ROLLBACK, connection.io().queue())
                             .map_err(|e| WireError::Protocol(e.to_string()))?;
+                        let resets = connection.queue_reset().map_err(|e| WireError::Protocol(e.to_string()))?;
+                        for _ in 0..resets {
+                            self.units.push_front(Unit::Reset);
+                        }
+                        self.reset_queued |= resets > 0;
                         self.units.push_front(Unit::Discard);
-                        connection.expect_unit();
+                        connection.expect_units(1 + resets);
                     }
                     self.roll_back_open_failure = false;
                 }
@@ -142,11 +182,12 @@ impl Flight {
     }
 
     /// The connection failed: it is broken, and every unit still due reports the failure.
-    fn fail(&mut self, connection: &mut Connection, error: WireError) {
+    pub(crate) fn fail(&mut self, connection: &mut Connection, error: WireError) {
         let error = connection.lost(error);
         let end_sent = self.end_offset.is_some_and(|offset| connection.io().written() >= offset);
         let mut error = Some(error);
         for unit in self.units.drain(..) {
+            self.reset_failed |= matches!(unit, Unit::Reset);
             if let Unit::Collect(collector) = unit {
                 // The first collected unit gets the error itself, the others a copy of its
                 // kind; only the first can have an end step in flight.

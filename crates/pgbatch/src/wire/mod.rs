@@ -6,6 +6,7 @@
 //! statements, how to end), [`Answers`] out (each statement's rows and the step that
 //! failed, or a lost connection). Another transport would implement the same exchange.
 
+mod backend;
 mod cancel;
 mod collect;
 mod config;
@@ -13,16 +14,25 @@ mod connection;
 mod exchange;
 mod flight;
 mod io;
+mod multiplex;
+mod pipeline;
 mod pool;
+#[cfg(feature = "diesel-async")]
+mod request;
 mod session;
+mod socket;
+mod sql;
 mod startup;
+mod step;
 mod tls;
 mod types;
 
 pub use cancel::CancelToken;
-pub(crate) use collect::{Answers, Ending, Step};
-pub use config::{Config, SslMode};
+pub(crate) use collect::{Answers, Ending, NotSent, Step};
+pub use config::{Config, SslMode, TargetSessionAttrs};
 pub use connection::Connection;
-pub(crate) use connection::TxStatus;
-pub(crate) use exchange::{End, Exchange, NotSent, Restart};
-pub use pool::{Acquire, ConnectionManager};
+pub(crate) use connection::{EndBackend, TxStatus};
+pub(crate) use exchange::{End, Exchange, Restart};
+pub use multiplex::{Multiplexed, MultiplexedBuilder};
+pub use pool::{Acquire, ConnectionManager, Pool};
+pub use session::SessionReset;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::config::Config;
 use super::connection::Connection;
-use super::session::Session;
+use super::session::{Session, SessionReset};
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
 
@@ -16,6 +16,9 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a timed-out checkout may spend finding out why connections cannot be opened.
 const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bb8 pool of pgbatch connections: what a service keeps and runs batches on.
+pub type Pool = bb8::Pool<ConnectionManager>;
 
 /// A [`bb8::ManageConnection`] that opens pgbatch [`Connection`]s.
 ///
@@ -30,6 +33,39 @@ const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 /// let manager = pgbatch::ConnectionManager::new("postgres://postgres@127.0.0.1/app".parse::<pgbatch::Config>()?)
 ///     .session_setup(["SET application_name = 'billing'"]);
 /// let pool = bb8::Pool::builder().max_size(8).build(manager).await?;
+/// # let _ = pool; Ok(()) }
+/// ```
+///
+/// # Lifetimes, and following a failover
+///
+/// A pool given every host of a formation and `target_session_attrs=read-write` follows a
+/// failover by itself: connections to a server that died or was demoted fail their next
+/// check or batch and are discarded, and new ones go to whichever host accepts writes (a
+/// keyed batch whose answer was lost settles itself on one of them). What bounds how long
+/// a pool keeps connections that still work but should go (to a CockroachDB node being
+/// drained, to a host after `load_balance_hosts=random` should spread load again) are
+/// bb8's own settings, on [`bb8::Builder`]:
+///
+/// | bb8 setting | bb8's default | advice |
+/// |---|---|---|
+/// | [`max_lifetime`](bb8::Builder::max_lifetime) | 30 min | shorter than any drain window (CockroachDB: `server.shutdown.connections.timeout`) |
+/// | [`idle_timeout`](bb8::Builder::idle_timeout) | 10 min | a few minutes |
+/// | [`connection_timeout`](bb8::Builder::connection_timeout) | 30 s | how long a batch waits for a connection while no host accepts writes |
+///
+/// Dead servers are noticed by TCP keepalives and `tcp_user_timeout`, on by default (see
+/// [`Config`](crate::Config#dead-server-detection)).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// let url = "postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write&connect_timeout=2";
+/// let pool = bb8::Pool::builder()
+///     .max_size(8)
+///     .max_lifetime(Some(Duration::from_secs(5 * 60)))
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .connection_timeout(Duration::from_secs(10))
+///     .build(pgbatch::ConnectionManager::new(url.parse::<pgbatch::Config>()?))
+///     .await?;
 /// # let _ = pool; Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -78,9 +114,23 @@ impl ConnectionManager {
         self
     }
 
+    /// When the sessions of this pool's connections are reset; by default after every
+    /// batch, so that no session state outlives a batch. See [`SessionReset`] for what the
+    /// faster [`SessionReset::WhenRecognised`] gives up.
+    #[must_use]
+    pub fn session_reset(mut self, reset: SessionReset) -> Self {
+        Arc::make_mut(&mut self.session).reset = reset;
+        self
+    }
+
     /// The configuration connections are opened with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The retry policy of batches that set none.
+    pub(crate) fn session_retry(&self) -> RetryPolicy {
+        self.session.retry
     }
 }
 
@@ -93,17 +143,41 @@ impl bb8::ManageConnection for ConnectionManager {
     }
 
     async fn is_valid(&self, connection: &mut Connection) -> Result<(), ConnectError> {
-        connection.check()
+        fit_to_lend(connection)
     }
 
     fn has_broken(&self, connection: &mut Connection) -> bool {
-        connection.check().is_err()
+        fit_to_lend(connection).is_err()
     }
+}
+
+/// Whether a pool may lend `connection` out: [`Connection::check`], except that a
+/// diesel-async test transaction (`begin_test_transaction`, which tests keep open on a pool
+/// of one) is kept, unless diesel-async's transaction manager gave up on the connection.
+fn fit_to_lend(connection: &mut Connection) -> Result<(), ConnectError> {
+    let checked = connection.check();
+    #[cfg(feature = "diesel-async")]
+    {
+        use diesel_async::{AnsiTransactionManager, TransactionManager};
+        // The manager gave up (a transaction statement's future was dropped, a rollback
+        // failed): the connection's state is unknown.
+        if AnsiTransactionManager::is_broken_transaction_manager(connection) {
+            return Err(ConnectError::Unclean);
+        }
+        let in_test_transaction = matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(connection).transaction_state(),
+            Ok(state) if state.in_transaction.as_ref().is_some_and(|open| open.test_transaction)
+        );
+        if matches!(checked, Err(ConnectError::Unclean)) && in_test_transaction {
+            return Ok(());
+        }
+    }
+    checked
 }
 
 /// Where a batch can run: a connection it borrows, or a pool it checks one out of.
 ///
-/// Implemented for `&mut Connection`, `&bb8::Pool<ConnectionManager>` and
+/// Implemented for `&mut Connection`, `&Pool` (`&bb8::Pool<ConnectionManager>`) and
 /// `&mut bb8::PooledConnection<'_, ConnectionManager>`.
 pub trait Acquire: Send {
     /// The connection, held for the length of the batch.
@@ -135,7 +209,7 @@ impl<'c> Acquire for &'c mut Connection {
     }
 }
 
-impl<'p> Acquire for &'p bb8::Pool<ConnectionManager> {
+impl<'p> Acquire for &'p Pool {
     type Lease = bb8::PooledConnection<'p, ConnectionManager>;
 
     async fn acquire(self) -> Result<Self::Lease, PoolError> {

@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use postgres_protocol::authentication::md5_hash;
@@ -13,32 +11,57 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 use tokio_postgres::config::Host;
 
+use super::backend::{Backend, IDENTIFY, identity};
 use super::cancel::CancelToken;
-use super::config::Config;
-use super::connection::{Connection, server_error};
-use super::io::{Io, Stream};
+use super::config::{Config, TargetSessionAttrs};
+use super::connection::{Connection, EndBackend};
+use super::flight::{Flight, Unit};
+use super::io::Io;
 use super::session::Session;
-use crate::error::ConnectError;
+use super::socket::{Target, open_socket, targets};
+use super::step::queue_read;
+use crate::error::{ConnectError, ServerError, WireError};
 
-/// One address a connection can be opened to.
-#[derive(Debug, Clone)]
-pub(crate) enum Target {
-    Tcp { host: String, addr: SocketAddr },
-    Unix(PathBuf),
-}
+/// How long ending an orphaned backend may take, connecting included.
+const END_BACKEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Target::Tcp { host, addr } if host == &addr.ip().to_string() => write!(f, "{addr}"),
-            Target::Tcp { host, addr } => write!(f, "{host} ({addr})"),
-            Target::Unix(path) => write!(f, "{}", path.display()),
-        }
+impl Connection {
+    /// Connects to a `postgres://` URL or a `key=value` connection string, with TLS as
+    /// its `sslmode` says (see [`Config`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Config`] when the string does not parse; otherwise as for
+    /// [`connect_with`](Self::connect_with).
+    pub async fn connect(params: &str) -> Result<Self, ConnectError> {
+        let config: Config = params.parse()?;
+        Self::connect_with(&config).await
+    }
+
+    /// Connects with a [`Config`] (a `&tokio_postgres::Config` converts into one).
+    ///
+    /// The whole handshake (TCP, TLS, authentication) is bounded by the configuration's
+    /// `connect_timeout`, for every host it names.
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError`]: unreachable host, timeout, TLS, authentication, the server refusing
+    /// the session, or the server not being the kind `target_session_attrs` asks for
+    /// ([`ConnectError::WrongServer`]). With several hosts,
+    /// [`ConnectError::NoSuitableHost`] lists each host's reason.
+    pub async fn connect_with(config: impl Into<Config>) -> Result<Self, ConnectError> {
+        let config = config.into();
+        connect(&config, Arc::new(Session::default())).await
     }
 }
 
-/// Opens a connection to the first host of `config` that accepts it.
+/// Opens a connection to the first host of `config` that accepts it and is the kind of
+/// server its `target_session_attrs` asks for (hosts in random order with
+/// `load_balance_hosts=random`).
 pub(crate) async fn connect(config: &Config, session: Arc<Session>) -> Result<Connection, ConnectError> {
+    if let Some(problem) = config.unsupported() {
+        return Err(ConnectError::Config(problem));
+    }
     let postgres = config.postgres();
     let hosts = postgres.get_hosts();
     if hosts.is_empty() {
@@ -57,73 +80,105 @@ pub(crate) async fn connect(config: &Config, session: Arc<Session>) -> Result<Co
         [port] => *port,
         ports => ports.get(index).copied().unwrap_or(5432),
     };
-    let mut last_error = None;
-    for (index, host) in hosts.iter().enumerate() {
-        let port = port_of(index);
-        let host_name = match host {
-            Host::Tcp(name) => name.clone(),
-            Host::Unix(path) => path.display().to_string(),
-        };
-        let attempt = async {
-            let mut error = None;
-            for target in targets(host, postgres.get_hostaddrs().get(index).copied(), port).await? {
-                match attempt(&target, &host_name, config, Arc::clone(&session)).await {
-                    Ok(connection) => return Ok(connection),
-                    Err(failed) => error = Some(failed),
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    if postgres.get_load_balance_hosts() == tokio_postgres::config::LoadBalanceHosts::Random {
+        use rand::seq::SliceRandom;
+        order.shuffle(&mut rand::rng());
+    }
+    // prefer-standby: a standby if any host is one, then any server.
+    let passes: &[TargetSessionAttrs] = match config.get_target_session_attrs() {
+        TargetSessionAttrs::PreferStandby => &[TargetSessionAttrs::Standby, TargetSessionAttrs::Any],
+        TargetSessionAttrs::Any => &[TargetSessionAttrs::Any],
+        TargetSessionAttrs::ReadWrite => &[TargetSessionAttrs::ReadWrite],
+        TargetSessionAttrs::ReadOnly => &[TargetSessionAttrs::ReadOnly],
+        TargetSessionAttrs::Primary => &[TargetSessionAttrs::Primary],
+        TargetSessionAttrs::Standby => &[TargetSessionAttrs::Standby],
+    };
+    let mut failures = Vec::new();
+    for &wanted in passes {
+        for &index in &order {
+            let host = &hosts[index];
+            let port = port_of(index);
+            let host_name = match host {
+                Host::Tcp(name) => name.clone(),
+                Host::Unix(path) => path.display().to_string(),
+            };
+            let attempt = async {
+                let mut error = None;
+                for target in targets(host, postgres.get_hostaddrs().get(index).copied(), port).await? {
+                    match attempt(&target, &host_name, config, Arc::clone(&session)).await {
+                        Ok(mut connection) => {
+                            suits(&mut connection, wanted, &format!("{host_name}:{port}")).await?;
+                            return Ok(connection);
+                        }
+                        Err(failed) => error = Some(failed),
+                    }
                 }
+                Err(error.unwrap_or_else(|| ConnectError::Config(format!("{host_name} resolves to no address"))))
+            };
+            let result = match postgres.get_connect_timeout() {
+                Some(&after) => tokio::time::timeout(after, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(ConnectError::Timeout { host: format!("{host_name}:{port}"), after })),
+                None => attempt.await,
+            };
+            match result {
+                Ok(connection) => return Ok(connection),
+                Err(error) => failures.push((format!("{host_name}:{port}"), error)),
             }
-            Err(error.unwrap_or_else(|| ConnectError::Config(format!("{host_name} resolves to no address"))))
-        };
-        let result = match postgres.get_connect_timeout() {
-            Some(&after) => tokio::time::timeout(after, attempt)
-                .await
-                .unwrap_or_else(|_| Err(ConnectError::Timeout { host: format!("{host_name}:{port}"), after })),
-            None => attempt.await,
-        };
-        match result {
-            Ok(connection) => return Ok(connection),
-            Err(error) => last_error = Some(error),
         }
     }
-    Err(last_error.expect("at least one host was tried"))
+    // One host tried once: its own error. Several: each one's.
+    if failures.len() == 1 {
+        return Err(failures.pop().map(|(_, error)| error).expect("one failure"));
+    }
+    Err(ConnectError::NoSuitableHost { failures })
 }
 
-/// The addresses of one host.
-async fn targets(host: &Host, hostaddr: Option<IpAddr>, port: u16) -> Result<Vec<Target>, ConnectError> {
-    Ok(match host {
-        Host::Unix(dir) => vec![Target::Unix(dir.join(format!(".s.PGSQL.{port}")))],
-        Host::Tcp(name) => match hostaddr {
-            Some(ip) => vec![Target::Tcp { host: name.clone(), addr: SocketAddr::new(ip, port) }],
-            None => tokio::net::lookup_host((name.as_str(), port))
-                .await
-                .map_err(|source| ConnectError::Io { host: format!("{name}:{port}"), source })?
-                .map(|addr| Target::Tcp { host: name.clone(), addr })
-                .collect(),
-        },
-    })
+/// Fails unless the server behind `connection` is the kind `wanted` asks for.
+async fn suits(connection: &mut Connection, wanted: TargetSessionAttrs, host: &str) -> Result<(), ConnectError> {
+    if wanted == TargetSessionAttrs::Any {
+        return Ok(());
+    }
+    let (standby, read_only) = server_state(connection).await.ok_or_else(|| ConnectError::Protocol {
+        host: host.to_owned(),
+        reason: "could not read whether the server is a standby or read-only".into(),
+    })?;
+    let found = match wanted {
+        TargetSessionAttrs::ReadWrite | TargetSessionAttrs::Primary if standby => Some("a hot standby"),
+        TargetSessionAttrs::ReadWrite if read_only => Some("read-only (default_transaction_read_only is on)"),
+        TargetSessionAttrs::ReadOnly if !standby && !read_only => Some("a server that accepts writes"),
+        TargetSessionAttrs::Standby if !standby => Some("not a standby"),
+        _ => None,
+    };
+    match found {
+        Some(found) => Err(ConnectError::WrongServer { host: host.to_owned(), found, wanted: wanted.name() }),
+        None => Ok(()),
+    }
 }
 
-/// Opens the socket to `target`, with TCP keepalives when given.
-pub(crate) async fn open_socket(
-    target: &Target,
-    keepalive: Option<&socket2::TcpKeepalive>,
-) -> Result<Box<dyn Stream>, ConnectError> {
-    let io_error = |source| ConnectError::Io { host: target.to_string(), source };
-    Ok(match target {
-        Target::Tcp { addr, .. } => {
-            let stream = tokio::net::TcpStream::connect(addr).await.map_err(io_error)?;
-            stream.set_nodelay(true).map_err(io_error)?;
-            if let Some(keepalive) = keepalive {
-                socket2::SockRef::from(&stream).set_tcp_keepalive(keepalive).map_err(io_error)?;
-            }
-            Box::new(stream)
-        }
-        #[cfg(unix)]
-        Target::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await.map_err(io_error)?),
-        #[cfg(not(unix))]
-        Target::Unix(_) => return Err(ConnectError::Config("Unix sockets are not available on this platform".into())),
-    })
+/// Whether the server is a hot standby, and whether its transactions are read-only by
+/// default: from what it reported at start-up (PostgreSQL 14 and later), otherwise from one
+/// query (older servers, PgBouncer); `None` when that query fails.
+async fn server_state(connection: &mut Connection) -> Option<(bool, bool)> {
+    let state = {
+        let reported = |name| connection.parameter(name).map(|value| value == "on");
+        (reported("in_hot_standby"), reported("default_transaction_read_only"))
+    };
+    if let (Some(standby), Some(read_only)) = state {
+        return Some((standby, read_only));
+    }
+    let mut flight = Flight::new();
+    queue_read(connection, &mut flight, SERVER_STATE, &[]).ok()?;
+    let answers = flight.land(connection).await.answers.pop()?;
+    let row = answers.outputs.first()?.rows.first()?;
+    let text = |index| row.value(index).and_then(|value| std::str::from_utf8(value).ok());
+    Some((text(0)? == "true", text(1)? == "on"))
 }
+
+/// The server's state where it does not report it at start-up.
+const SERVER_STATE: &str =
+    "SELECT CAST(pg_catalog.pg_is_in_recovery() AS text), pg_catalog.current_setting('transaction_read_only')";
 
 /// One attempt on one address.
 async fn attempt(
@@ -132,7 +187,7 @@ async fn attempt(
     config: &Config,
     session: Arc<Session>,
 ) -> Result<Connection, ConnectError> {
-    let socket = open_socket(target, keepalive(config.postgres()).as_ref()).await?;
+    let socket = open_socket(target, Some(config.postgres())).await?;
     let stream = super::tls::negotiate(socket, config, host).await?;
     let mut io = Io::new(stream);
     let fail = Failure { host: target.to_string() };
@@ -178,28 +233,13 @@ async fn attempt(
     let (process_id, secret_key) = key.unwrap_or((0, 0));
     let cancel = CancelToken::new(target.clone(), process_id, secret_key);
     let mut connection = Connection::new(io, server_parameters, cancel, Arc::clone(&session));
-    super::exchange::run_setup(&mut connection, &session.setup).await.map_err(|error| match error {
-        super::exchange::SetupError::Wire(e) => fail.protocol(e),
-        super::exchange::SetupError::Server(error) => ConnectError::Server { host: fail.host.clone(), error },
+    let identity = start_session(&mut connection, &session.setup).await.map_err(|error| match error {
+        SetupError::Wire(e) => fail.protocol(e),
+        SetupError::Server(error) => ConnectError::Server { host: fail.host.clone(), error },
     })?;
+    let backend = identity.and_then(|identity| Backend::new(process_id, identity));
+    connection.set_end_backend(backend.map(|backend| ender(config.clone(), backend)));
     Ok(connection)
-}
-
-/// The keepalive settings of a configuration (tokio-postgres's defaults: on, 2 hours idle).
-fn keepalive(config: &tokio_postgres::Config) -> Option<socket2::TcpKeepalive> {
-    if !config.get_keepalives() {
-        return None;
-    }
-    let mut keepalive = socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-    #[cfg(not(any(target_os = "openbsd", target_os = "redox", target_os = "solaris")))]
-    if let Some(interval) = config.get_keepalives_interval() {
-        keepalive = keepalive.with_interval(interval);
-    }
-    #[cfg(not(any(target_os = "openbsd", target_os = "redox", target_os = "solaris", target_os = "windows")))]
-    if let Some(retries) = config.get_keepalives_retries() {
-        keepalive = keepalive.with_retries(retries);
-    }
-    Some(keepalive)
 }
 
 async fn authenticate(io: &mut Io, user: &str, password: Option<&[u8]>, fail: &Failure) -> Result<(), ConnectError> {
@@ -273,6 +313,65 @@ impl Failure {
         ConnectError::Authentication { host: self.host.clone(), reason }
     }
     fn server(&self, body: &postgres_protocol::message::backend::ErrorResponseBody) -> ConnectError {
-        ConnectError::Server { host: self.host.clone(), error: Box::new(server_error(body.fields())) }
+        ConnectError::Server { host: self.host.clone(), error: Box::new(ServerError::parse(body.fields())) }
+    }
+}
+
+/// Ends `backend` from a new connection opened with `config`.
+fn ender(config: Config, backend: Backend) -> EndBackend {
+    let (config, backend) = (Arc::new(config), Arc::new(backend));
+    Arc::new(move || {
+        let (config, backend) = (Arc::clone(&config), Arc::clone(&backend));
+        Box::pin(async move {
+            let ended = tokio::time::timeout(END_BACKEND_TIMEOUT, async {
+                let mut connection = connect(&config, Arc::new(Session::default())).await.ok()?;
+                Some(backend.terminate(&mut connection).await)
+            })
+            .await;
+            let ended = matches!(ended, Ok(Some(true)));
+            tracing::debug!(ended, "ending the backend of a connection given up mid-transaction");
+            ended
+        })
+    })
+}
+
+/// Why the session setup failed.
+#[derive(Debug)]
+pub(crate) enum SetupError {
+    Wire(WireError),
+    Server(Box<ServerError>),
+}
+
+/// Starts a new connection's session, in one round trip: reads who its backend is (see
+/// [`backend`](super::backend)), then runs the session setup statements, each a unit of its
+/// own. Returns the backend's process id and start time, when the server shows them.
+pub(crate) async fn start_session(
+    connection: &mut Connection,
+    statements: &[String],
+) -> Result<Option<(i32, String)>, SetupError> {
+    let protocol = |e: std::io::Error| SetupError::Wire(WireError::Protocol(e.to_string()));
+    let mut flight = Flight::new();
+    queue_read(connection, &mut flight, IDENTIFY, &[]).map_err(protocol)?;
+    for sql in statements {
+        frontend::query(sql, connection.io().queue()).map_err(protocol)?;
+        flight.push(connection, Unit::Discard);
+    }
+    let landed = flight.land(connection).await;
+    if connection.is_closed() {
+        return Err(SetupError::Wire(WireError::Closed));
+    }
+    if let Some(error) = landed.discarded_error {
+        return Err(SetupError::Server(error));
+    }
+    // A server that does not show the backend (a pooler's fake process id, CockroachDB)
+    // gives no identity: such a backend is never ended by process id.
+    Ok(landed.answers.first().and_then(identity))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_server_state_query_uses_listed_constructs_only() {
+        crate::codec::constructs::assert_allowed(super::SERVER_STATE, &[]);
     }
 }

@@ -83,6 +83,21 @@ pub(crate) async fn negotiate(
 }
 
 #[cfg(feature = "rustls")]
+impl Config {
+    /// The rustls client configuration pgbatch connects to `host` with (feature
+    /// `rustls`): libpq's meaning of `sslmode` and `sslrootcert`, for a client of another
+    /// library to connect as pgbatch does (pgbatch-testing's tokio-postgres connections do).
+    ///
+    /// # Errors
+    ///
+    /// [`ConnectError::Config`] when the root certificates cannot be read, or a verifying
+    /// `sslmode` has none.
+    pub fn rustls_client_config(&self, host: &str) -> Result<tokio_rustls::rustls::ClientConfig, ConnectError> {
+        rustls_setup::client_config(self, host)
+    }
+}
+
+#[cfg(feature = "rustls")]
 mod rustls_setup {
     use std::path::{Path, PathBuf};
     use std::sync::Arc;

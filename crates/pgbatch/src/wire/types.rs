@@ -6,12 +6,10 @@
 //! lookup. Result columns of custom types need no lookup: rows arrive in binary with their
 //! OIDs, and Diesel decodes them from the bytes.
 
-use postgres_protocol::message::frontend;
-
-use super::collect::{Collector, Ending};
+use super::collect::{Ending, NotSent};
 use super::connection::Connection;
-use super::exchange::NotSent;
-use super::flight::{Flight, Unit};
+use super::flight::Flight;
+use super::step::queue_read;
 use crate::codec::{Statement, TypeName};
 use crate::error::{BuildError, WireError};
 
@@ -22,8 +20,6 @@ const VISIBLE: &str = "SELECT t.oid, t.typarray FROM pg_catalog.pg_type t \
 const QUALIFIED: &str = "SELECT t.oid, t.typarray FROM pg_catalog.pg_type t \
                          JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
                          WHERE t.typname = $1 AND n.nspname = $2";
-/// `text`: the OID of the lookups' binds.
-const TEXT_OID: u32 = 25;
 
 /// Looks up the custom types of `statements` this connection has not met yet.
 pub(crate) async fn resolve(connection: &mut Connection, statements: &[&Statement]) -> Result<(), NotSent> {
@@ -42,31 +38,10 @@ pub(crate) async fn resolve(connection: &mut Connection, statements: &[&Statemen
             Some(schema) => (QUALIFIED, vec![&name.name, schema]),
             None => (VISIBLE, vec![&name.name]),
         };
-        let buf = connection.io().queue();
-        let queued = (|| {
-            frontend::parse("", sql, binds.iter().map(|_| TEXT_OID), buf)?;
-            frontend::bind(
-                "",
-                "",
-                Some(1),
-                &binds,
-                |value, buf| {
-                    buf.extend_from_slice(value.as_bytes());
-                    Ok(postgres_protocol::IsNull::No)
-                },
-                Some(1),
-                buf,
-            )
-            .map_err(|_| std::io::Error::other("a type name that cannot be sent"))?;
-            frontend::describe(b'P', "", buf)?;
-            frontend::execute("", 0, buf)?;
-            frontend::sync(buf);
-            Ok::<_, std::io::Error>(())
-        })();
-        queued.map_err(|error| NotSent::Wire(WireError::Protocol(error.to_string())))?;
-        flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None)));
+        queue_read(connection, &mut flight, sql, &binds)
+            .map_err(|error| NotSent::Wire(WireError::Protocol(format!("looking up type {name}: {error}"))))?;
     }
-    let (answers, _) = flight.land(connection).await;
+    let answers = flight.land(connection).await.answers;
     for (name, answer) in unknown.into_iter().zip(answers) {
         match answer.ending {
             Ending::Done => {}
@@ -86,6 +61,33 @@ pub(crate) async fn resolve(connection: &mut Connection, statements: &[&Statemen
         connection.remember_type(name.clone(), oids);
     }
     Ok(())
+}
+
+/// A statement's binds as this connection sends them: custom types get the connection's
+/// OIDs (call [`resolve`] first); the rest is sent as rendered.
+pub(crate) struct WireBinds<'s> {
+    statement: &'s Statement,
+    /// The OIDs and values with the custom types' OIDs put in, when there are custom types.
+    resolved: Option<Resolved>,
+}
+
+type Resolved = (Vec<u32>, Vec<Option<Vec<u8>>>);
+
+impl<'s> WireBinds<'s> {
+    pub(crate) fn new(connection: &Connection, statement: &'s Statement) -> Self {
+        let resolved = (!statement.binds.is_portable()).then(|| {
+            statement.binds.resolved(|name| connection.custom_type(name).expect("custom types are resolved first"))
+        });
+        WireBinds { statement, resolved }
+    }
+
+    /// The OIDs and values to send.
+    pub(crate) fn get(&self) -> (&[u32], &[Option<Vec<u8>>]) {
+        match &self.resolved {
+            Some((oids, values)) => (oids, values),
+            None => (&self.statement.binds.oids, &self.statement.binds.values),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,152 @@
+//! The diesel-async traits on pgbatch's connection: each query one unit of its own, each
+//! `batch_execute` one simple query, the transaction manager diesel-async's own, kept in step
+//! with what the server reports.
+
+use diesel::connection::{
+    CacheSize, DynInstrumentation, Instrumentation, InstrumentationEvent, StrQueryHelper, TransactionManagerStatus,
+};
+use diesel::pg::Pg;
+use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
+use diesel::result::Error as DieselError;
+use diesel::{ConnectionError, ConnectionResult, QueryResult};
+use diesel_async::{
+    AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
+};
+use futures_util::future::BoxFuture;
+
+use super::AsyncRow;
+use super::error::{from_ending, from_not_sent};
+use crate::codec::{Statement, StepOutput};
+use crate::error::{BuildError, ConnectError};
+use crate::wire::{Answers, Connection, Ending, TxStatus};
+
+/// The rows of a loaded query: all of them arrived with its answers.
+type Rows = futures_util::stream::Iter<std::vec::IntoIter<QueryResult<AsyncRow>>>;
+
+impl SimpleAsyncConnection for Connection {
+    /// Runs `query` (one statement or several) as one simple query: one round trip.
+    async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
+        let shown = StrQueryHelper::new(query);
+        self.caller.instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
+        let result = match self.simple_request(query).await {
+            Ok(Answers { ending: Ending::Done, .. }) => Ok(()),
+            Ok(Answers { ending, .. }) => Err(from_ending(ending)),
+            Err(reason) => Err(from_not_sent(reason)),
+        };
+        self.caller
+            .instrumentation
+            .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
+        result
+    }
+}
+
+impl AsyncConnectionCore for Connection {
+    type ExecuteFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<usize>>;
+    type LoadFuture<'conn, 'query> = BoxFuture<'conn, QueryResult<Self::Stream<'conn, 'query>>>;
+    type Stream<'conn, 'query> = Rows;
+    type Row<'conn, 'query> = AsyncRow;
+    type Backend = Pg;
+
+    fn load<'conn, 'query, T>(&'conn mut self, source: T) -> Self::LoadFuture<'conn, 'query>
+    where
+        T: AsQuery + 'query,
+        T::Query: QueryFragment<Pg> + QueryId + 'query,
+    {
+        // Rendered now: the future owns what it sends, not the query.
+        let statement = Statement::render_for_caller(&source.as_query());
+        Box::pin(async move {
+            let output = self.run_caller_statement(statement).await?;
+            let rows: Vec<QueryResult<AsyncRow>> = output.rows.into_iter().map(Ok).collect();
+            Ok(futures_util::stream::iter(rows))
+        })
+    }
+
+    fn execute_returning_count<'conn, 'query, T>(&'conn mut self, source: T) -> Self::ExecuteFuture<'conn, 'query>
+    where
+        T: QueryFragment<Pg> + QueryId + 'query,
+    {
+        let statement = Statement::render_for_caller(&source);
+        Box::pin(async move {
+            let output = self.run_caller_statement(statement).await?;
+            usize::try_from(output.affected).map_err(|error| DieselError::DeserializationError(Box::new(error)))
+        })
+    }
+}
+
+impl AsyncConnection for Connection {
+    type TransactionManager = AnsiTransactionManager;
+
+    /// Connects as [`Connection::connect`] does: a URL or `key=value` string, every
+    /// setting pgbatch's [`Config`](crate::Config) reads (TLS, several hosts,
+    /// `target_session_attrs`).
+    async fn establish(database_url: &str) -> ConnectionResult<Self> {
+        let mut instrumentation = DynInstrumentation::default_instrumentation();
+        instrumentation.on_connection_event(InstrumentationEvent::start_establish_connection(database_url));
+        let connected = Connection::connect(database_url).await.map_err(|error| match error {
+            ConnectError::Config(message) => ConnectionError::InvalidConnectionUrl(message),
+            other => ConnectionError::BadConnection(other.to_string()),
+        });
+        instrumentation.on_connection_event(InstrumentationEvent::finish_establish_connection(
+            database_url,
+            connected.as_ref().err(),
+        ));
+        let mut connection = connected?;
+        connection.caller.instrumentation = instrumentation;
+        Ok(connection)
+    }
+
+    fn transaction_state(&mut self) -> &mut AnsiTransactionManager {
+        &mut self.caller.transaction_manager
+    }
+
+    fn instrumentation(&mut self) -> &mut dyn Instrumentation {
+        &mut *self.caller.instrumentation
+    }
+
+    fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
+        self.caller.instrumentation = instrumentation.into();
+    }
+
+    /// Does nothing: pgbatch sends every statement unnamed, with no server-side cache.
+    fn set_prepared_statement_cache_size(&mut self, _size: CacheSize) {}
+}
+
+impl diesel_async::pooled_connection::PoolableConnection for Connection {
+    fn is_broken(&mut self) -> bool {
+        AnsiTransactionManager::is_broken_transaction_manager(self) || self.is_closed()
+    }
+}
+
+impl Connection {
+    /// Runs one rendered statement of the caller's, with instrumentation, and keeps the
+    /// transaction manager in step with the server.
+    async fn run_caller_statement(&mut self, statement: Result<Statement, BuildError>) -> QueryResult<StepOutput> {
+        // Nothing is sent for a statement that cannot be rendered or encoded.
+        let statement = statement.map_err(|error| DieselError::SerializationError(Box::new(error)))?;
+        let shown = StrQueryHelper::new(&statement.sql.text);
+        self.caller.instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
+        let result = match self.request(&statement).await {
+            Ok(Answers { mut outputs, ending: Ending::Done }) => Ok(outputs.pop().unwrap_or_default()),
+            Ok(Answers { ending, .. }) => Err(from_ending(ending)),
+            Err(reason) => Err(from_not_sent(reason)),
+        };
+        self.keep_transaction_manager_in_step();
+        self.caller
+            .instrumentation
+            .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
+        result
+    }
+
+    /// After a query: when the server reports no transaction but the transaction manager
+    /// has one open (a statement ended it behind the manager's back, `COMMIT` written as a
+    /// query), the manager is marked in error, so that its next transaction call fails and
+    /// a pool discards the connection, instead of the two disagreeing.
+    fn keep_transaction_manager_in_step(&mut self) {
+        let server_idle = self.status() == TxStatus::Idle;
+        let status: &mut TransactionManagerStatus = AnsiTransactionManager::transaction_manager_status_mut(self);
+        if server_idle && matches!(status.transaction_depth(), Ok(Some(_))) {
+            tracing::warn!("a query ended the transaction the transaction manager had open: marking it broken");
+            status.set_in_error();
+        }
+    }
+}

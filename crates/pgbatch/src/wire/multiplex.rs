@@ -1,0 +1,418 @@
+//! Many callers' batches on a few connections: each connection is driven by a task of its
+//! own, which writes every batch given to it behind the ones still in flight and hands the
+//! answers back in order (see [`Pipeline`]).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use bb8::ManageConnection;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use super::cancel::CancelToken;
+use super::collect::{Answers, Collector, NotSent};
+use super::connection::{Connection, EndBackend};
+use super::exchange::{End, Exchange};
+use super::pipeline::Pipeline;
+use super::pool::{ConnectionManager, Pool};
+use super::sql::COMMIT;
+use crate::codec::Statement;
+use crate::error::{ConnectError, PoolError, WireError};
+use crate::plan::RetryPolicy;
+
+/// Batches of many concurrent callers multiplexed on a few shared connections.
+///
+/// A pooled batch holds its connection for a whole round trip, so `n` connections commit at
+/// most `n / RTT` batches a second. A batch is self-contained (one unit, one `Sync`, its own
+/// `ROLLBACK` and session reset), so the next caller's batch can be written on the same
+/// connection before the first one's answer is back: `Multiplexed` keeps up to
+/// [`in_flight_per_connection`](MultiplexedBuilder::in_flight_per_connection) batches in
+/// flight on each of its connections, and gives each caller's batch to the least loaded
+/// one. Run batches on it with [`Batch::run_multiplexed`](crate::Batch::run_multiplexed).
+///
+/// Every guarantee of a batch holds per batch: the server runs each as if it had the
+/// connection to itself (a failure skips the rest of its own unit only, and the next batch
+/// starts on an idle connection whose session was reset), answers are handed back in the
+/// order they were sent, and a connection lost mid-flight gives every batch in flight on
+/// it its own verdict: not committed when its `COMMIT` was never written, unknown when it
+/// was. A lost connection is replaced with the next batch given to it.
+///
+/// See the crate docs' Multiplexing section for timeouts, head-of-line blocking and what
+/// needs a pooled connection instead.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = pgbatch::ConnectionManager::new("postgres://postgres@localhost/app".parse::<pgbatch::Config>()?);
+/// let client = pgbatch::Multiplexed::builder(manager).connections(4).build().await?;
+/// let mut batch = pgbatch::Batch::new();
+/// batch.push(diesel::sql_query("UPDATE quota SET used = used + 1 WHERE silo = 7"));
+/// batch.run_multiplexed(&client).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Multiplexed {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    lanes: Vec<Lane>,
+    /// Batches given to the client and not yet answered, across all connections.
+    admission: Arc<Semaphore>,
+    admission_timeout: Duration,
+    retry: RetryPolicy,
+    /// Connections of their own, for settling unknown outcomes and reading markers.
+    pool: Pool,
+}
+
+/// One connection's queue and its driver's load.
+struct Lane {
+    jobs: mpsc::Sender<Job>,
+    /// Batches given to this lane and not yet answered.
+    load: Arc<AtomicUsize>,
+}
+
+/// Builds a [`Multiplexed`] client.
+#[derive(Debug)]
+#[must_use]
+pub struct MultiplexedBuilder {
+    manager: ConnectionManager,
+    connections: usize,
+    in_flight_per_connection: usize,
+    max_waiting: usize,
+    admission_timeout: Duration,
+}
+
+impl MultiplexedBuilder {
+    /// How many connections batches are multiplexed on (default 4).
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections.max(1);
+        self
+    }
+
+    /// How many batches may be in flight on one connection at once (default 32). Beyond
+    /// it, batches wait for that connection; a batch behind a slow one (a lock wait) waits
+    /// at most this many batches deep.
+    pub fn in_flight_per_connection(mut self, batches: usize) -> Self {
+        self.in_flight_per_connection = batches.max(1);
+        self
+    }
+
+    /// How many batches may be given to the client at once, in flight or waiting for a
+    /// connection (default 1024): the bound on the memory queued batches take. Beyond it,
+    /// callers wait up to the [`admission_timeout`](Self::admission_timeout).
+    pub fn max_waiting(mut self, batches: usize) -> Self {
+        self.max_waiting = batches.max(1);
+        self
+    }
+
+    /// How long a caller waits for its batch to be taken when
+    /// [`max_waiting`](Self::max_waiting) batches are already given (default 30 s); then
+    /// the batch fails with [`PoolError::TimedOut`], nothing sent.
+    pub fn admission_timeout(mut self, timeout: Duration) -> Self {
+        self.admission_timeout = timeout;
+        self
+    }
+
+    /// Opens the connections and starts one driver task per connection on the current
+    /// Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// The first connection that could not be opened (the server is down, the
+    /// configuration is wrong): a client is never built half-connected.
+    pub async fn build(self) -> Result<Multiplexed, ConnectError> {
+        let mut lanes = Vec::with_capacity(self.connections);
+        for _ in 0..self.connections {
+            let connection = self.manager.connect().await?;
+            let (jobs, queue) = mpsc::channel(self.in_flight_per_connection);
+            let driver = Driver {
+                manager: self.manager.clone(),
+                queue,
+                connection: Some(connection),
+                depth: self.in_flight_per_connection,
+            };
+            tokio::spawn(driver.run());
+            lanes.push(Lane { jobs, load: Arc::new(AtomicUsize::new(0)) });
+        }
+        let retry = self.manager.session_retry();
+        let pool = bb8::Pool::builder().max_size(2).min_idle(Some(0)).build_unchecked(self.manager);
+        Ok(Multiplexed {
+            shared: Arc::new(Shared {
+                lanes,
+                admission: Arc::new(Semaphore::new(self.max_waiting)),
+                admission_timeout: self.admission_timeout,
+                retry,
+                pool,
+            }),
+        })
+    }
+}
+
+/// What a batch given to a [`Multiplexed`] client brought back.
+pub(crate) struct Delivery {
+    pub(crate) answers: Answers,
+    pub(crate) replication_unconfirmed: bool,
+    /// The backend the batch was sent to, when its connection was lost: settling its
+    /// outcome ends (or cancels) it first.
+    pub(crate) orphan: Option<(CancelToken, Option<EndBackend>)>,
+}
+
+impl Multiplexed {
+    /// A builder of a client whose connections `manager` opens (with its session setup,
+    /// session reset, observer and retry policy).
+    pub fn builder(manager: ConnectionManager) -> MultiplexedBuilder {
+        MultiplexedBuilder {
+            manager,
+            connections: 4,
+            in_flight_per_connection: 32,
+            max_waiting: 1024,
+            admission_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A pool of up to two connections of the client's own configuration, for what needs a
+    /// connection to itself: two-phase batches ([`Batch::prepare`](crate::Batch::prepare)),
+    /// batches under CockroachDB's restart savepoint, diesel-async queries and
+    /// transactions. The client settles unknown outcomes on it.
+    pub fn pool(&self) -> &Pool {
+        &self.shared.pool
+    }
+
+    /// The retry policy of batches that set none.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.shared.retry
+    }
+
+    /// How many batches are in flight or waiting, per connection.
+    pub fn load(&self) -> Vec<usize> {
+        self.shared.lanes.iter().map(|lane| lane.load.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Gives a batch's statements to the least loaded connection and waits for their
+    /// answers. Dropping the future before the batch was written sends nothing; after, the
+    /// batch runs whole on the server, and its answers are read and dropped.
+    pub(crate) async fn send(
+        &self,
+        statements: Vec<Statement>,
+        begin: Cow<'static, str>,
+        reset_session: bool,
+    ) -> Result<Delivery, NotSent> {
+        let admitted =
+            tokio::time::timeout(self.shared.admission_timeout, self.shared.admission.clone().acquire_owned());
+        let permit = match admitted.await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(NotSent::Closed),
+            Err(_) => return Err(NotSent::Pool(PoolError::TimedOut { last_connect_error: None })),
+        };
+        let lane = self
+            .shared
+            .lanes
+            .iter()
+            .min_by_key(|lane| lane.load.load(Ordering::Relaxed))
+            .expect("a client has at least one connection");
+        let count = statements.len();
+        let (reply, answer) = oneshot::channel();
+        let job = Job { statements, begin, reset_session, reply, _permit: permit, _load: Load::new(&lane.load) };
+        if lane.jobs.send(job).await.is_err() {
+            return Err(NotSent::Closed);
+        }
+        match answer.await {
+            Ok(delivered) => delivered,
+            // The driver went away with the batch (its runtime shut down): it may have
+            // been written, so its outcome is unknown.
+            Err(_) => Ok(Delivery {
+                answers: Collector::new(1, count, 0, Some(COMMIT)).lost(WireError::Closed, true),
+                replication_unconfirmed: false,
+                orphan: None,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Multiplexed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multiplexed")
+            .field("connections", &self.shared.lanes.len())
+            .field("load", &self.load())
+            .finish()
+    }
+}
+
+/// A batch given to a driver.
+struct Job {
+    statements: Vec<Statement>,
+    begin: Cow<'static, str>,
+    reset_session: bool,
+    reply: oneshot::Sender<Result<Delivery, NotSent>>,
+    /// Held until the batch is answered: the bound on batches given at once.
+    _permit: OwnedSemaphorePermit,
+    _load: Load,
+}
+
+/// A job in flight: where its answer goes, and the backend it was sent to.
+struct Sent {
+    reply: oneshot::Sender<Result<Delivery, NotSent>>,
+    orphan: (CancelToken, Option<EndBackend>),
+    _permit: OwnedSemaphorePermit,
+    _load: Load,
+}
+
+/// Counts a batch in its lane's load for as long as it lives.
+struct Load(Arc<AtomicUsize>);
+
+impl Load {
+    fn new(load: &Arc<AtomicUsize>) -> Self {
+        load.fetch_add(1, Ordering::Relaxed);
+        Load(Arc::clone(load))
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The task that owns one connection.
+struct Driver {
+    manager: ConnectionManager,
+    queue: mpsc::Receiver<Job>,
+    /// `None` between a lost (or retired) connection and the next batch, which opens one.
+    connection: Option<Connection>,
+    depth: usize,
+}
+
+/// Why the driver stopped polling.
+enum Wake {
+    /// A job needs the connection to itself first (a new connection, a custom-type lookup).
+    Exclusive(Job),
+    /// The connection is to be replaced once nothing is in flight.
+    Retire,
+    /// The client was dropped and every batch has been answered.
+    Done,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let mut pipeline: Pipeline<Sent> = Pipeline::new();
+        loop {
+            match self.step(&mut pipeline).await {
+                Wake::Done => return,
+                Wake::Retire => self.connection = None,
+                Wake::Exclusive(job) => {
+                    if let Err(not_sent) = self.prepare(&job).await {
+                        let _ = job.reply.send(Err(not_sent));
+                        continue;
+                    }
+                    // The caller may have gone meanwhile: then nothing is sent.
+                    if !job.reply.is_closed() {
+                        let connection = self.connection.as_mut().expect("prepared");
+                        queue(connection, job, &mut pipeline);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes jobs and lands flights until a job needs the connection alone (with nothing
+    /// in flight), the connection is to be retired, or the client is gone.
+    async fn step(&mut self, pipeline: &mut Pipeline<Sent>) -> Wake {
+        let mut retiring = false;
+        let mut waiting: Option<Job> = None;
+        std::future::poll_fn(|cx| {
+            loop {
+                while waiting.is_none() && !retiring && pipeline.len() < self.depth {
+                    match self.queue.poll_recv(cx) {
+                        Poll::Ready(Some(job)) if job.reply.is_closed() => {} // its caller is gone
+                        Poll::Ready(Some(job)) => {
+                            // With nothing in flight, what has arrived meanwhile is read
+                            // first (no round trip): a server that ended the session is
+                            // noticed before a batch is written to it, and the batch goes
+                            // to a new connection instead.
+                            if pipeline.is_empty() && self.connection.as_mut().is_some_and(|c| c.check().is_err()) {
+                                self.connection = None;
+                            }
+                            match self.connection.as_mut() {
+                                Some(connection) if types_known(connection, &job) => queue(connection, job, pipeline),
+                                _ => waiting = Some(job),
+                            }
+                        }
+                        Poll::Ready(None) if pipeline.is_empty() => return Poll::Ready(Wake::Done),
+                        Poll::Ready(None) | Poll::Pending => break,
+                    }
+                }
+                if pipeline.is_empty() {
+                    if let Some(job) = waiting.take() {
+                        return Poll::Ready(Wake::Exclusive(job));
+                    }
+                    if retiring {
+                        return Poll::Ready(Wake::Retire);
+                    }
+                    return Poll::Pending;
+                }
+                let connection = self.connection.as_mut().expect("flights are in flight on a connection");
+                let landed = pipeline.poll(connection, cx, |sent, arrival| {
+                    retiring |= !arrival.connection_fit;
+                    deliver(sent, arrival);
+                });
+                if landed.is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Gives the connection (opened anew when lost) what `job` needs before it can be
+    /// queued: its custom types, looked up in a round trip of their own.
+    async fn prepare(&mut self, job: &Job) -> Result<(), NotSent> {
+        if self.connection.as_ref().is_none_or(Connection::is_closed) {
+            self.connection = None;
+            let connection = self.manager.connect().await.map_err(|error| NotSent::Pool(PoolError::Connect(error)))?;
+            self.connection = Some(connection);
+        }
+        let connection = self.connection.as_mut().expect("opened above");
+        let statements: Vec<&Statement> = job.statements.iter().collect();
+        super::types::resolve(connection, &statements).await
+    }
+}
+
+/// Whether `connection` has looked up every custom type `job` binds.
+fn types_known(connection: &Connection, job: &Job) -> bool {
+    job.statements
+        .iter()
+        .flat_map(|statement| statement.binds.custom_types())
+        .all(|name| connection.custom_type(name).is_some())
+}
+
+/// Queues `job` on `connection` behind the flights due, or answers it at once when it
+/// cannot be encoded (nothing of it is then written).
+fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
+    let Job { statements, begin, reset_session, reply, _permit, _load } = job;
+    let statements: Vec<&Statement> = statements.iter().collect();
+    let exchange = Exchange::new(Some(&begin), &statements, End::Commit).reset_session(reset_session).pipelined();
+    match connection.queue_pipelined(&exchange) {
+        Ok(flight) => {
+            let orphan = (connection.cancel_token(), connection.end_backend());
+            pipeline.push(flight, Sent { reply, orphan, _permit, _load });
+        }
+        Err(not_sent) => {
+            let _ = reply.send(Err(not_sent));
+        }
+    }
+}
+
+/// Hands a landed flight's answers to its caller (if it is still waiting).
+fn deliver(sent: Sent, arrival: super::pipeline::Arrival) {
+    let mut answers = arrival.landed.answers;
+    let answers = answers.pop().expect("a batch's flight collects its unit");
+    let lost = matches!(answers.ending, super::collect::Ending::Lost { .. });
+    let delivery = Delivery {
+        answers,
+        replication_unconfirmed: arrival.replication_unconfirmed,
+        orphan: lost.then_some(sent.orphan),
+    };
+    let _ = sent.reply.send(Ok(delivery));
+}

@@ -1,0 +1,127 @@
+//! Several exchanges in flight on one connection at once: each written as soon as it is
+//! queued, their answers read in the order they were sent and handed to each in turn.
+//!
+//! ```text
+//! client                                                       server
+//!   |-- batch A: BEGIN ... COMMIT, Sync, ROLLBACK, reset    -->|
+//!   |-- batch B: BEGIN ... COMMIT, Sync, ROLLBACK, reset    -->|  B is written while A's
+//!   |<-- A's answers, Ready ... ------------------------------|  answers are on their way
+//!   |-- batch C ...                                         -->|
+//!   |<-- B's answers, Ready ... ------------------------------|
+//! ```
+//!
+//! Every exchange is a unit of its own ending in one `Sync`, followed by its own
+//! `ROLLBACK` and session reset, so the server runs each as if it had the connection to
+//! itself: a failure skips the rest of its own unit only, and the next exchange starts on
+//! an idle connection whose session is reset. A lost connection lands every flight still
+//! due with the failure, each judged by how much of it was written.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+
+use super::connection::{Connection, TxStatus};
+use super::flight::{Flight, Landed};
+use crate::error::WireError;
+
+/// A flight and what its sender waits on.
+struct InFlight<T> {
+    flight: Flight,
+    sender: T,
+}
+
+/// What a flight brought back, and what the connection said during it.
+pub(crate) struct Arrival {
+    pub(crate) landed: Landed,
+    /// The server said, while this flight was the one answering, that a commit stopped
+    /// waiting for synchronous replication.
+    pub(crate) replication_unconfirmed: bool,
+    /// Whether the connection may take more flights: open, and left idle and reset by
+    /// this flight. A session reset that failed (a cancel request from outside landed on
+    /// it) could leave state for the next flight, and a transaction left open would
+    /// swallow it: the connection is then retired once the flights due have landed.
+    pub(crate) connection_fit: bool,
+}
+
+/// Flights queued on one connection, oldest first; `T` is what each one's sender waits on.
+pub(crate) struct Pipeline<T> {
+    flights: VecDeque<InFlight<T>>,
+}
+
+impl<T> Pipeline<T> {
+    pub(crate) fn new() -> Self {
+        Pipeline { flights: VecDeque::new() }
+    }
+
+    /// How many flights are due.
+    pub(crate) fn len(&self) -> usize {
+        self.flights.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.flights.is_empty()
+    }
+
+    /// Adds a flight just queued on the connection (behind every flight already due).
+    pub(crate) fn push(&mut self, flight: Flight, sender: T) {
+        self.flights.push_back(InFlight { flight, sender });
+    }
+
+    /// Writes what is queued and reads answers, handing each landed flight to `arrived`
+    /// in order; ready once no flight is due (all landed, or all failed with the
+    /// connection).
+    pub(crate) fn poll(
+        &mut self,
+        connection: &mut Connection,
+        cx: &mut Context<'_>,
+        mut arrived: impl FnMut(T, Arrival),
+    ) -> Poll<()> {
+        loop {
+            if self.flights.is_empty() {
+                return Poll::Ready(());
+            }
+            if let Err(error) = connection.poll_send(cx) {
+                self.fail_all(connection, error, &mut arrived);
+                return Poll::Ready(());
+            }
+            let message = match connection.poll_answer(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(message)) => message,
+                Poll::Ready(Err(error)) => {
+                    self.fail_all(connection, error, &mut arrived);
+                    return Poll::Ready(());
+                }
+            };
+            let front = self.flights.front_mut().expect("checked above");
+            match front.flight.accept(connection, message) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let InFlight { flight, sender } = self.flights.pop_front().expect("checked above");
+                    let replication_unconfirmed = connection.replication_unconfirmed();
+                    connection.forget_replication_warning();
+                    let landed = flight.landed();
+                    if landed.reset_done && self.flights.is_empty() {
+                        connection.set_dirty(false);
+                    }
+                    let connection_fit =
+                        !connection.is_closed() && connection.status() == TxStatus::Idle && !landed.reset_failed;
+                    arrived(sender, Arrival { landed, replication_unconfirmed, connection_fit });
+                }
+                Err(error) => {
+                    self.fail_all(connection, error, &mut arrived);
+                    return Poll::Ready(());
+                }
+            }
+        }
+    }
+
+    /// The connection failed: it is broken, and every flight lands with the failure, each
+    /// judged by how much of it had been written.
+    fn fail_all(&mut self, connection: &mut Connection, error: WireError, arrived: &mut impl FnMut(T, Arrival)) {
+        let mut error = Some(error);
+        for InFlight { mut flight, sender } in self.flights.drain(..) {
+            // The first flight gets the error itself, the others a copy of its kind.
+            flight.fail(connection, error.take().unwrap_or(WireError::Closed));
+            arrived(sender, Arrival { landed: flight.landed(), replication_unconfirmed: false, connection_fit: false });
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! One step of the extended protocol as pgbatch sends it: an unnamed statement (`Parse`,
+//! `Bind`, `Describe`, `Execute`) with binary results, and a read of its own that ends in a
+//! `Sync`. Batches, type lookups, start-up and ending an orphan all queue their statements
+//! here.
+
+use postgres_protocol::IsNull;
+use postgres_protocol::message::frontend;
+
+use super::collect::Collector;
+use super::connection::Connection;
+use super::flight::{Flight, Unit};
+
+/// Queues one extended-protocol step: an unnamed statement with binary binds and binary
+/// results, described when it may return rows.
+pub(crate) fn step(
+    buf: &mut bytes::BytesMut,
+    sql: &str,
+    oids: &[u32],
+    values: &[Option<Vec<u8>>],
+    describe: bool,
+) -> std::io::Result<()> {
+    // Parse, Bind, Describe and Execute hold about 60 bytes besides the SQL and the values.
+    buf.reserve(
+        sql.len() + 4 * oids.len() + values.iter().map(|v| 4 + v.as_ref().map_or(0, Vec::len)).sum::<usize>() + 64,
+    );
+    frontend::parse("", sql, oids.iter().copied(), buf)?;
+    let bound = frontend::bind(
+        "",
+        "",
+        Some(1),
+        values,
+        |value, buf| match value {
+            Some(bytes) => {
+                buf.extend_from_slice(bytes);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        },
+        Some(1),
+        buf,
+    );
+    if let Err(error) = bound {
+        return Err(match error {
+            frontend::BindError::Conversion(error) => std::io::Error::other(error),
+            frontend::BindError::Serialization(error) => error,
+        });
+    }
+    if describe {
+        frontend::describe(b'P', "", buf)?;
+    }
+    frontend::execute("", 0, buf)
+}
+
+/// `text`: the OID of [`queue_read`]'s binds.
+const TEXT_OID: u32 = 25;
+
+/// Queues a read of its own: an unnamed statement with text binds and binary results, and
+/// a `Sync`, one unit whose answers `flight` collects. Nothing is queued on an error (a
+/// bind with a NUL byte).
+pub(crate) fn queue_read(
+    connection: &mut Connection,
+    flight: &mut Flight,
+    sql: &str,
+    binds: &[&str],
+) -> std::io::Result<()> {
+    let oids = vec![TEXT_OID; binds.len()];
+    let values: Vec<Option<Vec<u8>>> = binds.iter().map(|bind| Some(bind.as_bytes().to_vec())).collect();
+    let buf = connection.io().queue();
+    let start = buf.len();
+    if let Err(error) = step(buf, sql, &oids, &values, true) {
+        buf.truncate(start);
+        return Err(error);
+    }
+    frontend::sync(buf);
+    flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None)));
+    Ok(())
+}
