@@ -191,6 +191,57 @@ async fn a_connection_cut_mid_stream_gives_every_batch_in_flight_an_honest_verdi
     assert_eq!(h.db.transactions_left(Duration::from_secs(10)).await, 0, "no transaction left behind");
 }
 
+/// A connection cut just after the first of many pipelined batches was answered, the others
+/// still running on the server: whoever uses that server session next (behind a pooler,
+/// another client) reads only its own answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_cut_between_answers_the_next_user_of_the_server_session_reads_only_its_own() {
+    let h = Harness::new().await;
+    let proxy = h.db.proxy().await.unwrap().start().await.unwrap();
+    let client = client(h.db.config_via(&proxy), 1).await;
+    let slow_batch = |id: i64| {
+        let (mut batch, _) = own_batch(id);
+        batch.push(diesel::sql_query("SELECT pg_sleep(0.005)"));
+        batch
+    };
+    slow_batch(8_000).run_multiplexed(&client).await.expect("commits");
+    let before = proxy.server_bytes();
+    slow_batch(8_001).run_multiplexed(&client).await.expect("commits");
+    let one_answer = proxy.server_bytes() - before;
+    let mut misreports = 0;
+    for round in 0..4i64 {
+        proxy.arm(Fault::CutAfterServerBytes(one_answer));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let (client, id) = (client.clone(), 8_100 + round * 100 + i);
+                tokio::spawn(async move { (id, slow_batch(id).run_multiplexed(&client).await) })
+            })
+            .collect();
+        for task in tasks {
+            let (id, result) = task.await.unwrap();
+            let rows = rows_of(&h, id).await;
+            match result {
+                Ok(_) if rows == 2 => {}
+                Err(error) if !error.may_have_committed() && rows == 0 => {}
+                Err(error) if error.may_have_committed() => {}
+                other => {
+                    eprintln!("batch {id}: {other:?} with {rows} rows");
+                    misreports += 1;
+                }
+            }
+        }
+        // Other sessions' queries (through a pooler, on its server connections): each must
+        // read its own answer, not one the cut connection's batches left due.
+        for _ in 0..32 {
+            assert_eq!(h.count("SELECT 7").await, 7);
+        }
+        proxy.disarm();
+    }
+    assert_eq!(misreports, 0);
+    assert!(proxy.cuts() > 0, "the proxy cut the stream");
+    assert_eq!(h.db.transactions_left(Duration::from_secs(10)).await, 0, "no transaction left behind");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_batches_cut_mid_stream_settle_their_outcome() {
     let h = Harness::new().await;
@@ -305,6 +356,45 @@ async fn a_batch_that_needs_its_own_connection_is_refused() {
     assert_eq!(h.count("SELECT count(*) FROM account WHERE id = 7000").await, 0);
     // Its pool runs it.
     batch.run(client.pool()).await.expect("the client's pool runs it");
+}
+
+/// Behind a pooler that may hand a server connection on with answers still due (PgBouncer
+/// before 1.21), a client keeps one batch in flight per connection. CI runs this directly
+/// and through PgBouncer, so both branches are taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_pooler_one_batch_is_in_flight_per_connection_unless_it_keeps_pipelines() {
+    let h = Harness::new().await;
+    // The process id a connection is given names a live backend only when nothing pools
+    // connections in between (PgBouncer makes one up).
+    let given = h.pool.get().await.unwrap().cancel_token().process_id();
+    let behind_pooler = h.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {given}")).await == 0;
+    assert_eq!(h.pool.get().await.unwrap().has_own_backend(), !behind_pooler);
+
+    let by_default = client(h.db.config().clone(), 2).await;
+    assert_eq!(by_default.in_flight_per_connection(), if behind_pooler { 1 } else { 32 });
+    let told = Multiplexed::builder(ConnectionManager::new(h.db.config().clone()))
+        .in_flight_per_connection(8)
+        .pooler_keeps_pipelines(true)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(told.in_flight_per_connection(), 8);
+
+    // Either way, every caller's batch commits with its own results.
+    let mut tasks = Vec::new();
+    for id in 7_100..7_164 {
+        let client = if id % 2 == 0 { by_default.clone() } else { told.clone() };
+        tasks.push(tokio::spawn(async move {
+            let (batch, echo) = own_batch(id);
+            let committed = batch.run_multiplexed(&client).await.expect("commits");
+            (id, committed.get(&echo).expect("its echo").value)
+        }));
+    }
+    for task in tasks {
+        let (id, echo) = task.await.unwrap();
+        assert_eq!(echo, id * 7, "caller {id} received another caller's results");
+    }
+    assert_eq!(h.count("SELECT count(*) FROM account WHERE id >= 7100").await, 64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

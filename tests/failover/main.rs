@@ -131,6 +131,44 @@ async fn a_batch_on_a_read_only_server_is_replayed_on_a_fresh_connection_and_com
     assert!(matches!(error, Error::Statement(_)));
 }
 
+/// The same on a multiplexed client: the shared connection that met a read-only session
+/// is retired (every write on it would fail the same way), the batch is replayed on a new
+/// one and commits once; with retries off the batch fails, and the next one still finds a
+/// writable connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_batch_on_a_read_only_server_is_replayed_on_a_new_connection_and_commits_once() {
+    let db = TestDatabase::create().await.expect("a test database");
+    db.execute("CREATE TABLE note (body text NOT NULL)").await.unwrap();
+    db.execute(&format!("ALTER DATABASE \"{}\" SET default_transaction_read_only = on", db.name())).await.unwrap();
+    let client = |policy: RetryPolicy| {
+        let manager = pgbatch::ConnectionManager::new(db.config().clone()).retry(policy);
+        pgbatch::Multiplexed::builder(manager).connections(1).build()
+    };
+    // Both open their connection while the database is read-only.
+    let replaying = client(RetryPolicy::default().base_delay(Duration::from_millis(1))).await.unwrap();
+    let not_retrying = client(RetryPolicy::never()).await.unwrap();
+    let writable =
+        format!("BEGIN READ WRITE; ALTER DATABASE \"{}\" RESET default_transaction_read_only; COMMIT", db.name());
+    db.execute(&writable).await.unwrap();
+
+    let insert = |body: &str| {
+        let mut batch = Batch::new();
+        batch.push(diesel::sql_query(format!("INSERT INTO note (body) VALUES ('{body}')"))).label("insert note");
+        batch
+    };
+    let committed = insert("replayed").run_multiplexed(&replaying).await.expect("replayed on a new connection");
+    assert_eq!(committed.attempts(), 2);
+
+    let error = insert("not retried").run_multiplexed(&not_retrying).await.expect_err("the session is read-only");
+    assert!(matches!(error.cause(), Some(Cause::ReadOnly(_))), "{error}");
+    assert!(!error.may_have_committed());
+    let next = insert("next").run_multiplexed(&not_retrying).await.expect("a new connection is writable");
+    assert_eq!(next.attempts(), 1);
+
+    let count = pgbatch_testing::count(&db.connect().await.unwrap(), "SELECT count(*) FROM note").await;
+    assert_eq!(count, 2, "the replayed batch and the next committed once each, the failed one not at all");
+}
+
 /// A commit waiting for a synchronous standby that never answers is cancelled: PostgreSQL
 /// commits locally with a WARNING. The batch is committed, and says that a failover could
 /// lose it.

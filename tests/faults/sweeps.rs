@@ -2,14 +2,16 @@
 //! answers, dropped after every poll and at a range of delays (one round trip and two-phase,
 //! on a bare connection and through a pool), its backend terminated at a range of delays,
 //! its network stalled while the caller's timeout drops it, and its server crashed and
-//! restarted (see `crash.rs`). Every case is judged the
+//! restarted (see `crash.rs`); and a stream of several callers' keyed batches on one
+//! shared connection of a [`Multiplexed`] client cut at a spread of bytes of its requests
+//! and of its answers. Every case is judged the
 //! same way (see `Sweep::judge`) and the whole sweep prints one line:
 //!
 //! `fault-sweeps: cases=N partial_states=0 misreports=0 leaked_transactions=0 unsettled=0`
 
 use std::time::Duration;
 
-use pgbatch::{Batch, Connection};
+use pgbatch::{Batch, Connection, ConnectionManager, Multiplexed};
 use pgbatch_testing::{Fault, Proxy};
 
 use crate::support::*;
@@ -69,6 +71,60 @@ async fn byte_cuts(faults: &Faults, client: bool) -> Sweep {
 async fn pool_runs(pool: &Pool, name: &str) {
     let tag = format!("{name}-after");
     create_project(&tag, 1).run(pool).await.expect("the pool serves batches after the faults");
+}
+
+/// Cuts a stream carrying `CALLERS` callers' keyed batches, multiplexed on one shared
+/// connection, after k bytes of the requests (`client`) or of the answers, for a spread of
+/// k over the whole stream: each batch in flight gets its own verdict, judged as any other.
+async fn multiplexed_cuts(faults: &Faults, client: bool) -> Sweep {
+    const CALLERS: u64 = 3;
+    let name = if client { "sweep-multiplexed-cut-request" } else { "sweep-multiplexed-cut-answers" };
+    let proxy = faults.db.proxy().await.expect("a TCP server").start().await.expect("a proxy");
+    let mut config = faults.db.config_via(&proxy);
+    config.application_name(name);
+    let multiplexed =
+        Multiplexed::builder(ConnectionManager::new(config)).connections(1).build().await.expect("a client");
+    // The callers of one case, all given to the client at once: (tag, verdict) of each.
+    let callers = |case: u64| {
+        let tasks: Vec<_> = (0..CALLERS)
+            .map(|caller| {
+                let (client, tag) = (multiplexed.clone(), tag(name, case * CALLERS + caller));
+                tokio::spawn(async move {
+                    let result = keyed(&tag, None).0.run_multiplexed(&client).await;
+                    (tag, Verdict::of(&result))
+                })
+            })
+            .collect();
+        async move {
+            let mut verdicts = Vec::new();
+            for task in tasks {
+                verdicts.push(task.await.expect("a caller"));
+            }
+            verdicts
+        }
+    };
+    // A connection opened before a fault is armed, so that the fault lands on the batches.
+    let warm = || async { Batch::new().run_multiplexed(&multiplexed).await.expect("the shared connection works") };
+
+    warm().await;
+    let (requests, answers) = (proxy.client_bytes(), proxy.server_bytes());
+    for (tag, verdict) in callers(99_999).await {
+        assert!(matches!(verdict, Verdict::Committed), "{tag}: {verdict:?}");
+    }
+    let total = if client { proxy.client_bytes() - requests } else { proxy.server_bytes() - answers };
+    let mut sweep = Sweep::default();
+    for k in (0..=total).step_by((total as usize / 90).max(1)) {
+        warm().await;
+        proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
+        let fired = proxy.cuts();
+        let verdicts = callers(k).await;
+        assert_eq!(proxy.cuts(), fired + 1, "the cut after {k} of {total} bytes fired");
+        for (tag, verdict) in verdicts {
+            sweep.judge(faults, name, &tag, &verdict).await;
+        }
+    }
+    warm().await;
+    sweep
 }
 
 /// Where a dropped batch runs.
@@ -208,6 +264,8 @@ async fn fault_sweeps() {
     let mut sweep = Sweep::default();
     sweep.add(byte_cuts(&faults, true).await);
     sweep.add(byte_cuts(&faults, false).await);
+    sweep.add(multiplexed_cuts(&faults, true).await);
+    sweep.add(multiplexed_cuts(&faults, false).await);
     sweep.add(drops(&faults).await);
     sweep.add(kills(&faults).await);
     sweep.add(stalls(&faults).await);

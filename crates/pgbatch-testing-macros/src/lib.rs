@@ -106,7 +106,9 @@ fn argument(function: &ItemFn) -> syn::Result<Argument> {
 ///   `&pgbatch_testing::TestDatabase`.
 ///
 /// The database is dropped after the test. When the test fails and `PGBATCH_KEEP_FAILED`
-/// is set, it is kept, and the test prints how to connect to it. The tests of one process
+/// is set, it is kept, and the test prints how to connect to it; a container or private
+/// cluster the test process started as its server is kept with it, and the test prints the
+/// command that removes it. The tests of one process
 /// share a budget of connections (`PGBATCH_TEST_CONNECTIONS`, 40 by default; each test
 /// takes 4), so that `cargo test`'s threads cannot exhaust the server's `max_connections`.
 /// A missing migrations folder, a failing migration or fixture, and a server that cannot be

@@ -232,6 +232,12 @@ impl LocalCluster {
         self.port
     }
 
+    /// The shell command that stops the cluster and removes its directory: what its
+    /// watchdog runs when the process that started it exits.
+    pub(crate) fn removal(&self) -> String {
+        removal(&self.binaries, &self.runner, &self.dir)
+    }
+
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.dir
@@ -472,27 +478,45 @@ impl Drop for LockFile {
 /// Starts a watchdog that stops the cluster in `dir` and removes it once this process has
 /// exited, however it exits.
 fn watch_owner(binaries: &Binaries, runner: &Runner, dir: &Path) -> Result<(), ClusterError> {
-    let stop = if runner.as_postgres {
-        format!(
-            "runuser -u postgres -- '{}' -D '{}' -m immediate -w stop",
-            binaries.bin("pg_ctl").display(),
-            dir.display()
-        )
-    } else {
-        format!("'{}' -D '{}' -m immediate -w stop", binaries.bin("pg_ctl").display(), dir.display())
-    };
-    spawn_watchdog(&format!("{stop} >/dev/null 2>&1; rm -rf \"$WATCHED\""), dir, "the cluster")
+    spawn_watchdog(&removal(binaries, runner, dir), dir, "the cluster")
+}
+
+/// The shell command that stops the cluster in `dir` and removes its directory.
+fn removal(binaries: &Binaries, runner: &Runner, dir: &Path) -> String {
+    let as_owner = if runner.as_postgres { "runuser -u postgres -- " } else { "" };
+    format!(
+        "{as_owner}'{}' -D '{}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{}'",
+        binaries.bin("pg_ctl").display(),
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// The file that tells the watchdog of `watched` (a cluster's directory, a container's id)
+/// to leave it running when this process exits: a failed test's database was kept, and
+/// with it the server it is on.
+pub(crate) fn keep_marker(watched: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from("pgbatch-testing-keep-");
+    name.push(watched.file_name().unwrap_or(watched.as_os_str()));
+    std::env::temp_dir().join(name)
 }
 
 /// Starts a shell that runs `cleanup` once this process has exited, however it exits (a
 /// killed test process included). `cleanup` finds `dir` in `$WATCHED`, so that the shell's
 /// own command line does not name it (and a `pkill -f` of it spares the shell); `what`
 /// names it in the error.
+///
+/// When the file [`keep_marker`]`(dir)` exists by then, the watchdog removes that file
+/// instead and leaves what it watches running.
 pub(crate) fn spawn_watchdog(cleanup: &str, dir: &Path, what: &str) -> Result<(), ClusterError> {
-    let script = format!("while kill -0 {} 2>/dev/null; do sleep 1; done; {cleanup}", std::process::id());
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; if [ -e \"$KEEP\" ]; then rm -f \"$KEEP\"; else {cleanup}; fi",
+        std::process::id()
+    );
     Command::new("sh")
         .args(["-c", &script])
         .env("WATCHED", dir)
+        .env("KEEP", keep_marker(dir))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -22,7 +22,7 @@ pub(crate) struct Started {
     pub(crate) config: Config,
     /// Held for the process's lifetime; a watchdog removes the container when the
     /// process exits (a static is never dropped).
-    pub(crate) _container: ContainerAsync<Postgres>,
+    pub(crate) container: ContainerAsync<Postgres>,
 }
 
 /// The image to start: `PGBATCH_TEST_IMAGE` or [`DEFAULT_IMAGE`].
@@ -67,7 +67,7 @@ pub(crate) async fn start(image: &str) -> Result<Started, String> {
         "pgbatch-testing: container {image} ready in {} ms at {host}:{port}",
         started.elapsed().as_millis()
     );
-    Ok(Started { config, _container: container })
+    Ok(Started { config, container })
 }
 
 #[cfg(test)]

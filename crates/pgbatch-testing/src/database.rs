@@ -1,6 +1,7 @@
 //! A fresh database per test.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -100,12 +101,29 @@ struct Server {
     admin: Config,
     source: ServerSource,
     /// Keeps the container, if any, for the whole process.
-    _container: Option<container::Started>,
+    container: Option<container::Started>,
     /// Keeps the private cluster, if any, running until the process exits.
-    _cluster: Option<LocalCluster>,
+    cluster: Option<LocalCluster>,
 }
 
 static SERVER: OnceCell<Server> = OnceCell::const_new();
+
+/// Leaves the server this process started for its tests (a container, a private cluster)
+/// running after the process exits, so that a kept database stays reachable, and returns
+/// the shell command that removes it; `None` when the server is not this process's own.
+pub(crate) fn keep_server() -> Option<String> {
+    let server = SERVER.get()?;
+    let (watched, removal) = match (&server.container, &server.cluster) {
+        (Some(started), _) => {
+            let id = started.container.id();
+            (PathBuf::from(id), format!("docker rm -f -v {id}"))
+        }
+        (None, Some(cluster)) => (cluster.data_dir().to_owned(), cluster.removal()),
+        (None, None) => return None,
+    };
+    std::fs::write(crate::cluster::keep_marker(&watched), b"").ok()?;
+    Some(removal)
+}
 
 /// Names, when a database is dropped, another one to drop with it.
 pub(crate) struct DropWith(pub(crate) Box<dyn FnOnce() -> Option<String> + Send + Sync>);
@@ -352,7 +370,7 @@ async fn find_server() -> Result<Server, SetupError> {
             },
         },
     };
-    let server = Server { admin, source, _container: container, _cluster: cluster };
+    let server = Server { admin, source, container, cluster };
     drop_abandoned_databases(&server).await;
     Ok(server)
 }

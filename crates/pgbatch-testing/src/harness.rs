@@ -103,8 +103,13 @@ impl Drop for TestHarness {
         {
             let url = db.url();
             let name = db.into_name();
+            let server = crate::database::keep_server()
+                .map(|removal| {
+                    format!("\npgbatch-testing: the test server it is on keeps running too; remove it with: {removal}")
+                })
+                .unwrap_or_default();
             eprintln!(
-                "pgbatch-testing: {} failed; its database {name} is kept ({KEEP_FAILED} is set): psql '{url}'",
+                "pgbatch-testing: {} failed; its database {name} is kept ({KEEP_FAILED} is set): psql '{url}'{server}",
                 self.test
             );
         }

@@ -154,10 +154,14 @@
 //! - **What needs a connection of its own** — two-phase batches, batches under CockroachDB's
 //!   restart savepoint ([`Error::NotMultiplexable`]), idempotency resolution, diesel-async
 //!   queries and transactions — runs on [`Multiplexed::pool`] (or any pool).
-//! - **Behind PgBouncer** (transaction pooling) multiplexed batches commit and fail as
-//!   directly, but a client connection cut with several batches in flight has been seen to
-//!   leave PgBouncer's server connection answering another client with a stray message
-//!   (PgBouncer 1.18); until that is understood, prefer a pool there.
+//! - **Behind a pooler** (a connection without a backend of its own, which the client
+//!   sees at start-up) the client keeps one batch in flight per connection, unless told
+//!   with [`MultiplexedBuilder::pooler_keeps_pipelines`] that the pooler keeps a server
+//!   connection until everything written to it was answered. PgBouncer before 1.21 does
+//!   not: when a client disconnects right after one `Sync` was answered, it returns the
+//!   server connection to its pool with the answers to the batches behind still due, and
+//!   its next client reads them (seen with PgBouncer 1.18 in pgbatch's own suite). Behind
+//!   PgBouncer, PgBouncer already multiplexes; the client then bounds and queues.
 //!
 //! # Guards
 //!
@@ -228,9 +232,9 @@
 //! is refused with an error naming it, never ignored.
 //!
 //! A batch that meets a server that does not accept writes (`25006`: a standby, or a
-//! primary that is still read-only during a failover) wrote nothing; on a pool, its
-//! connection is given up and the batch replayed on a fresh one, as its retry policy
-//! allows ([`Cause::ReadOnly`]). With `target_session_attrs=read-write` the fresh
+//! primary that is still read-only during a failover) wrote nothing; on a pool or a
+//! [`Multiplexed`] client, its connection is given up and the batch replayed on a fresh
+//! one, as its retry policy allows ([`Cause::ReadOnly`]). With `target_session_attrs=read-write` the fresh
 //! connection goes to a server that accepts writes.
 //!
 //! Dead servers are noticed by TCP keepalives and `tcp_user_timeout`, on by default
@@ -292,7 +296,15 @@
 //!   session state leaks to the next client of a server connection, whatever route set it;
 //! - an error that reaches the client after `COMMIT` was answered (PgBouncer or the server
 //!   acting on a timeout before it reads the `Sync`) does not turn the committed batch into
-//!   a failure.
+//!   a failure;
+//! - a [`Multiplexed`] client keeps one batch in flight per connection behind a pooler
+//!   (see [Multiplexing](#multiplexing)).
+//!
+//! One hazard is PgBouncer's and cannot be closed from the client: PgBouncer before 1.21
+//! does not count the `Sync`s a client has written, so a client whose connection ends in
+//! the instant between the answer to its batch and the answer to the session reset behind
+//! it leaves that server connection to the next client with the reset's answers still due
+//! (PgBouncer 1.21 ends such a server connection instead).
 //!
 //! pgbatch's own test suite runs through PgBouncer 1.18 in transaction mode (see
 //! `.ci/pgbouncer` in the repository), enums in binds and result columns included. What

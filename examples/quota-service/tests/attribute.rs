@@ -45,8 +45,9 @@ async fn fails_on_purpose_when_asked(db: &TestDatabase) {
     }
 }
 
-/// With `PGBATCH_KEEP_FAILED` set, a failed test's database stays, and the test says how to
-/// connect to it; without it, it is dropped.
+/// With `PGBATCH_KEEP_FAILED` set, a failed test's database stays (with the server it is
+/// on, when the test process started that server), and the test says how to connect to it;
+/// without it, it is dropped.
 #[tokio::test]
 async fn a_failed_tests_database_is_kept_when_asked_and_only_then() {
     let run = |keep: bool| {
@@ -74,6 +75,12 @@ async fn a_failed_tests_database_is_kept_when_asked_and_only_then() {
     let (admin, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     admin.batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)")).await.unwrap();
+    // A server the failed test's process started (a container, a private cluster) was kept
+    // with the database; the message says how to remove it.
+    if let Some(removal) = stderr.split("remove it with: ").nth(1).and_then(|rest| rest.lines().next()) {
+        let removed = std::process::Command::new("sh").args(["-c", removal]).status().expect("sh runs");
+        assert!(removed.success(), "{removal}");
+    }
 
     let dropped = tokio::task::spawn_blocking(move || run(false)).await.unwrap();
     assert!(!dropped.status.success());

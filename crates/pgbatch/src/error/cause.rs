@@ -27,8 +27,8 @@ pub enum Cause {
     /// `40P01`: the transaction was chosen as a deadlock victim. Safe to retry.
     Deadlock(Box<ServerError>),
     /// `25006`: the server does not accept writes: a hot standby, or a primary that is
-    /// still read-only during a failover. Nothing was written. A batch run on a pool is
-    /// replayed on a fresh connection (this one is discarded: it will not become
+    /// still read-only during a failover. Nothing was written. A batch run on a pool or a
+    /// [`Multiplexed`](crate::Multiplexed) client is replayed on a fresh connection (this one is discarded: it will not become
     /// writable), as its retry policy allows; on a bare connection, reconnect, with
     /// `target_session_attrs=read-write` so that only a server that accepts writes is
     /// chosen.

@@ -10,7 +10,7 @@ use super::execute::back_off;
 use super::record::{Outcome, record};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
-use crate::error::Error;
+use crate::error::{Cause, Error};
 use crate::outcome::{Committed, key_taken};
 use crate::wire::{Acquire, End, Multiplexed};
 
@@ -102,6 +102,14 @@ impl<E> Batch<E> {
                     }
                     _ => error,
                 };
+                if matches!(error.cause(), Some(Cause::ReadOnly(_))) && attempt < policy.attempts() {
+                    // The shared connection that met a read-only session is retired by its
+                    // driver before it takes another batch; the batch wrote nothing.
+                    tracing::info!(attempt, "the server is read-only: replaying the batch on a new connection");
+                    tokio::time::sleep(policy.delay(attempt)).await;
+                    attempt += 1;
+                    continue;
+                }
                 back_off(error, attempt, policy).await?;
                 attempt += 1;
             }

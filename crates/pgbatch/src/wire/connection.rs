@@ -124,6 +124,13 @@ impl Connection {
         self.end_backend.clone()
     }
 
+    /// Whether this connection has a server session of its own: the process id the server
+    /// gave it at start-up is its backend's. False behind PgBouncer and other poolers,
+    /// which run a client's statements on server connections they share between clients.
+    pub fn has_own_backend(&self) -> bool {
+        self.end_backend.is_some()
+    }
+
     /// Whether the connection is closed or broken: batches on it fail with nothing sent.
     pub fn is_closed(&self) -> bool {
         self.broken

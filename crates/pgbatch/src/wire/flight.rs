@@ -12,9 +12,9 @@ use std::task::Poll;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, Collector};
+use super::collect::{Answers, Collector, Ending};
 use super::connection::{Connection, TxStatus};
-use crate::error::{ServerError, WireError};
+use crate::error::{ServerError, SqlState, WireError};
 
 /// One unit due.
 pub(crate) enum Unit {
@@ -39,6 +39,18 @@ pub(crate) struct Landed {
     /// Whether the flight carried a session reset and a step of it failed (or was never
     /// answered): the session may hold state.
     pub(crate) reset_failed: bool,
+}
+
+impl Landed {
+    /// Whether the server refused a write because its session is read-only (`25006`: a
+    /// standby, or a primary still read-only during a failover). Every session opened
+    /// before it became writable stays that way, so the connection is worth nothing to
+    /// writers.
+    pub(crate) fn refused_writes(&self) -> bool {
+        self.answers.iter().any(|answers| {
+            matches!(&answers.ending, Ending::Failed { error, .. } if *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION)
+        })
+    }
 }
 
 /// The units of one exchange, in the order they were queued.

@@ -64,6 +64,8 @@ struct Shared {
     retry: RetryPolicy,
     /// Connections of their own, for settling unknown outcomes and reading markers.
     pool: Pool,
+    /// How many batches each driver keeps in flight.
+    depth: usize,
 }
 
 /// One connection's queue and its driver's load.
@@ -82,6 +84,7 @@ pub struct MultiplexedBuilder {
     in_flight_per_connection: usize,
     max_waiting: usize,
     admission_timeout: Duration,
+    pooler_keeps_pipelines: bool,
 }
 
 impl MultiplexedBuilder {
@@ -93,9 +96,26 @@ impl MultiplexedBuilder {
 
     /// How many batches may be in flight on one connection at once (default 32). Beyond
     /// it, batches wait for that connection; a batch behind a slow one (a lock wait) waits
-    /// at most this many batches deep.
+    /// at most this many batches deep. Behind a pooler it is 1 unless the pooler
+    /// [keeps pipelines](Self::pooler_keeps_pipelines).
     pub fn in_flight_per_connection(mut self, batches: usize) -> Self {
         self.in_flight_per_connection = batches.max(1);
+        self
+    }
+
+    /// Says that the pooler between the client and the server (if any) keeps a server
+    /// connection linked to a client until every batch written to it has been answered,
+    /// also when the client's connection ends: PgBouncer 1.21 and later, or any pooler in
+    /// session mode (default false).
+    ///
+    /// Behind a pooler (connections without a backend of their own, see
+    /// [`Connection::has_own_backend`]) and without this, the client keeps one batch in
+    /// flight per connection: PgBouncer before 1.21, when a client disconnects just after
+    /// one batch was answered, hands the server connection to its next client with the
+    /// answers of the batches written behind that one still to come, and that client reads
+    /// them as its own.
+    pub fn pooler_keeps_pipelines(mut self, keeps: bool) -> Self {
+        self.pooler_keeps_pipelines = keeps;
         self
     }
 
@@ -123,16 +143,24 @@ impl MultiplexedBuilder {
     /// The first connection that could not be opened (the server is down, the
     /// configuration is wrong): a client is never built half-connected.
     pub async fn build(self) -> Result<Multiplexed, ConnectError> {
-        let mut lanes = Vec::with_capacity(self.connections);
+        let mut connections = Vec::with_capacity(self.connections);
         for _ in 0..self.connections {
-            let connection = self.manager.connect().await?;
-            let (jobs, queue) = mpsc::channel(self.in_flight_per_connection);
-            let driver = Driver {
-                manager: self.manager.clone(),
-                queue,
-                connection: Some(connection),
-                depth: self.in_flight_per_connection,
-            };
+            connections.push(self.manager.connect().await?);
+        }
+        let behind_pooler = connections.iter().any(|connection| !connection.has_own_backend());
+        let depth = if behind_pooler && !self.pooler_keeps_pipelines {
+            tracing::warn!(
+                "multiplexing behind a pooler with one batch in flight per connection; \
+                 call MultiplexedBuilder::pooler_keeps_pipelines(true) behind PgBouncer 1.21 or later"
+            );
+            1
+        } else {
+            self.in_flight_per_connection
+        };
+        let mut lanes = Vec::with_capacity(self.connections);
+        for connection in connections {
+            let (jobs, queue) = mpsc::channel(depth);
+            let driver = Driver { manager: self.manager.clone(), queue, connection: Some(connection), depth };
             tokio::spawn(driver.run());
             lanes.push(Lane { jobs, load: Arc::new(AtomicUsize::new(0)) });
         }
@@ -145,6 +173,7 @@ impl MultiplexedBuilder {
                 admission_timeout: self.admission_timeout,
                 retry,
                 pool,
+                depth,
             }),
         })
     }
@@ -169,6 +198,7 @@ impl Multiplexed {
             in_flight_per_connection: 32,
             max_waiting: 1024,
             admission_timeout: Duration::from_secs(30),
+            pooler_keeps_pipelines: false,
         }
     }
 
@@ -183,6 +213,13 @@ impl Multiplexed {
     /// The retry policy of batches that set none.
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         self.shared.retry
+    }
+
+    /// How many batches the client keeps in flight on one connection: the builder's
+    /// [`in_flight_per_connection`](MultiplexedBuilder::in_flight_per_connection), or 1
+    /// behind a pooler not said to [keep pipelines](MultiplexedBuilder::pooler_keeps_pipelines).
+    pub fn in_flight_per_connection(&self) -> usize {
+        self.shared.depth
     }
 
     /// How many batches are in flight or waiting, per connection.

@@ -35,10 +35,11 @@ pub(crate) struct Arrival {
     /// The server said, while this flight was the one answering, that a commit stopped
     /// waiting for synchronous replication.
     pub(crate) replication_unconfirmed: bool,
-    /// Whether the connection may take more flights: open, and left idle and reset by
-    /// this flight. A session reset that failed (a cancel request from outside landed on
-    /// it) could leave state for the next flight, and a transaction left open would
-    /// swallow it: the connection is then retired once the flights due have landed.
+    /// Whether the connection may take more flights: open, left idle and reset by this
+    /// flight, and not read-only. A session reset that failed (a cancel request from
+    /// outside landed on it) could leave state for the next flight, a transaction left
+    /// open would swallow it, and a read-only session fails every write: the connection is
+    /// then retired once the flights due have landed, and the next flight opens another.
     pub(crate) connection_fit: bool,
 }
 
@@ -102,8 +103,10 @@ impl<T> Pipeline<T> {
                     if landed.reset_done && self.flights.is_empty() {
                         connection.set_dirty(false);
                     }
-                    let connection_fit =
-                        !connection.is_closed() && connection.status() == TxStatus::Idle && !landed.reset_failed;
+                    let connection_fit = !connection.is_closed()
+                        && connection.status() == TxStatus::Idle
+                        && !landed.reset_failed
+                        && !landed.refused_writes();
                     arrived(sender, Arrival { landed, replication_unconfirmed, connection_fit });
                 }
                 Err(error) => {
