@@ -89,6 +89,47 @@ async fn a_pooled_connection_whose_session_the_server_ended_is_not_lent_out() {
     assert_eq!(h.count("SELECT count(*) FROM note").await, 20);
 }
 
+/// A connection whose session the server ended while it sat idle, lent out before the
+/// server's notice arrived (here it is held back by a slow network): the batch's `BEGIN`
+/// meets the end of the session, nothing ran, and the batch is replayed on a fresh
+/// connection, on a pool as on a multiplexed client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_given_a_connection_whose_session_just_ended_is_replayed_on_a_fresh_one() {
+    let h = Harness::new().await;
+    let proxy = h.db.proxy().await.unwrap().delay(Duration::from_millis(200)).start().await.unwrap();
+    for (round, on_pool) in [(1, true), (2, false)] {
+        let mut config = h.db.config_via(&proxy);
+        let name = format!("pgbatch-stale-{round}");
+        config.application_name(&name);
+        // Each client opens its connection before its backend is ended.
+        let pooled = pool(config.clone(), 1).await;
+        let multiplexed = pgbatch::Multiplexed::builder(pgbatch::ConnectionManager::new(config))
+            .connections(1)
+            .build()
+            .await
+            .unwrap();
+        let ended_pid = pooled.get().await.unwrap().cancel_token().process_id();
+        let ended = h
+            .count(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'"
+            ))
+            .await;
+        assert_eq!(ended, 2, "round {round}: the pool's backend and the multiplexed client's");
+        while h.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE application_name = '{name}'")).await > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut batch = Batch::new();
+        batch.push(insert_note(1, &format!("stale {round}")));
+        let committed = if on_pool { batch.run(&pooled).await } else { batch.run_multiplexed(&multiplexed).await }
+            .unwrap_or_else(|error| panic!("round {round}: replayed on a fresh connection: {error}"));
+        assert_eq!(committed.attempts(), 2, "round {round}: the first attempt met the ended session");
+        if on_pool {
+            assert_ne!(pooled.get().await.unwrap().cancel_token().process_id(), ended_pid, "the pool replaced it");
+        }
+    }
+    assert_eq!(h.count("SELECT count(*) FROM note WHERE body LIKE 'stale %'").await, 2, "each committed once");
+}
+
 /// The test server accepts writes: `read-write` and `primary` connect to it, `read-only` and
 /// `standby` refuse it, naming what it is. Directly, the server's state comes from what it
 /// reports at start-up; through PgBouncer (which does not pass those reports on), from one

@@ -345,6 +345,63 @@ async fn callers_beyond_the_bound_wait_then_fail_with_nothing_sent() {
     assert_eq!(h.count("SELECT count(*) FROM account WHERE id = 6002").await, 0, "nothing of the refused batch");
 }
 
+/// A caller that gives up on a batch already written does not free its place: the batch
+/// still runs whole on the server, and counts against `max_waiting` until it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_holds_its_place_until_its_batch_is_answered() {
+    let h = Harness::new().await;
+    let client = Multiplexed::builder(ConnectionManager::new(h.db.config().clone()))
+        .connections(1)
+        .max_waiting(2)
+        .admission_timeout(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let holder = h.db.connect().await.unwrap();
+    holder.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(43)").await.unwrap();
+    let mut given_up = Vec::new();
+    for id in [6_100, 6_101] {
+        let client = client.clone();
+        given_up.push(tokio::spawn(async move {
+            let mut batch = Batch::new();
+            batch.push(diesel::sql_query("SELECT pg_advisory_xact_lock(43)"));
+            batch.push(insert_account(id, &format!("{id}@example.com")));
+            batch.run_multiplexed(&client).await.map(drop)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for task in &given_up {
+        task.abort();
+    }
+    for task in given_up {
+        assert!(task.await.unwrap_err().is_cancelled(), "the callers gave up");
+    }
+    let refused = own_batch(6_102).0.run_multiplexed(&client).await;
+    assert!(
+        matches!(refused, Err(Error::Pool(pgbatch::error::PoolError::TimedOut { .. }))),
+        "the given-up batches still hold the bound: {refused:?}"
+    );
+    holder.batch_execute("COMMIT").await.unwrap();
+    // Once they are answered, their places are free.
+    let mut next = own_batch(6_103).0.run_multiplexed(&client).await;
+    for _ in 0..20 {
+        if next.is_ok() {
+            break;
+        }
+        next = own_batch(6_103).0.run_multiplexed(&client).await;
+    }
+    next.expect("a place frees once the given-up batches are answered");
+    // Both were written, unless the client keeps one batch in flight (behind a pooler):
+    // then the second, given up before it was written, was never sent.
+    let written = client.in_flight_per_connection().min(2) as i64;
+    assert_eq!(
+        h.count("SELECT count(*) FROM account WHERE id IN (6100, 6101)").await,
+        written,
+        "batches written before their callers gave up ran whole, the others not at all"
+    );
+    assert_eq!(h.count("SELECT count(*) FROM account WHERE id = 6102").await, 0, "nothing of the refused batch");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_needs_its_own_connection_is_refused() {
     let h = Harness::new().await;

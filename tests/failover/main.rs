@@ -169,6 +169,50 @@ async fn a_multiplexed_batch_on_a_read_only_server_is_replayed_on_a_new_connecti
     assert_eq!(count, 2, "the replayed batch and the next committed once each, the failed one not at all");
 }
 
+/// On a shared connection, the warning that a commit stopped waiting for its standby goes
+/// with the batch whose commit it was, not with the batch pipelined behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiplexed_batchs_replication_warning_goes_with_its_own_commit() {
+    let primary = LocalCluster::start(&[("synchronous_standby_names", "absent_standby")]).expect("a primary");
+    let (admin, connection) = primary.config().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    admin.batch_execute("SET synchronous_commit = local; CREATE TABLE note (body text NOT NULL)").await.unwrap();
+    let mut config = primary.config();
+    config.application_name("shared");
+    let client =
+        pgbatch::Multiplexed::builder(pgbatch::ConnectionManager::new(config)).connections(1).build().await.unwrap();
+
+    let write = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut batch = Batch::new();
+            batch.push(diesel::sql_query("INSERT INTO note (body) VALUES ('waited')"));
+            batch.run_multiplexed(&client).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let read = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut batch = Batch::new();
+            batch.push(diesel::sql_query("SELECT 1"));
+            batch.run_multiplexed(&client).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The write's COMMIT is waiting for the standby: cancel that wait.
+    let cancelled = admin
+        .query("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'shared'", &[])
+        .await
+        .unwrap();
+    assert_eq!(cancelled.len(), 1, "one shared backend");
+    assert!(cancelled[0].get::<_, bool>(0), "its wait was cancelled");
+    let written = write.await.unwrap().expect("committed locally");
+    let read = read.await.unwrap().expect("the read behind it commits");
+    assert!(written.replication_unconfirmed(), "the write's commit says a failover could lose it");
+    assert!(!read.replication_unconfirmed(), "the read pipelined behind it does not");
+}
+
 /// A commit waiting for a synchronous standby that never answers is cancelled: PostgreSQL
 /// commits locally with a WARNING. The batch is committed, and says that a failover could
 /// lose it.

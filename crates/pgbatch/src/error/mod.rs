@@ -57,7 +57,10 @@ pub enum Error<E = Infallible> {
     /// `BEGIN` failed, so no statement ran: a cancel request or `statement_timeout` landed
     /// on it, or the server cannot start the transaction the batch asked for (a hot
     /// standby and a read-write batch). Nothing was written; running the batch again is
-    /// safe.
+    /// safe. A batch run on a pool or a [`Multiplexed`](crate::Multiplexed) client whose
+    /// `BEGIN` met a session the server had already ended (a backend terminated while its
+    /// connection sat idle) is replayed on a fresh connection, as its retry policy allows;
+    /// this error reaches the caller when no attempt is left.
     #[error(transparent)]
     Begin(Box<BeginFailure>),
 
@@ -229,6 +232,18 @@ impl<E> Error<E> {
     /// a statement or at commit.
     pub fn is_transient(&self) -> bool {
         self.cause().is_some_and(Cause::is_transient)
+    }
+
+    /// Whether the batch wrote nothing because of the connection it was given, and another
+    /// connection could run it: the server refused writes on this one ([`Cause::ReadOnly`]:
+    /// a standby, or a primary still read-only in a failover), or had ended its session
+    /// before the batch began (a backend terminated while the connection sat idle in a
+    /// pool, its notice not yet read when the connection was lent out).
+    pub(crate) fn wants_another_connection(&self) -> bool {
+        match self {
+            Error::Begin(failure) if failure.cause().ended_connection() => true,
+            _ => matches!(self.cause(), Some(Cause::ReadOnly(_))),
+        }
     }
 
     /// The error for logs: no server messages, no values.

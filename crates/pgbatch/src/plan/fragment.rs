@@ -74,7 +74,9 @@ pub struct Fragment<E = Infallible> {
 /// One statement of a batch, with what pgbatch needs to report on it.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) statement: Result<Statement, Arc<BuildError>>,
+    /// Shared, so that a batch given to a multiplexed connection's driver costs a
+    /// reference count per statement rather than a copy of its binds.
+    pub(crate) statement: Result<Arc<Statement>, Arc<BuildError>>,
     pub(crate) label: Option<Cow<'static, str>>,
     /// Rare, so kept out of line.
     pub(crate) guard: Option<Box<GuardSpec>>,
@@ -82,7 +84,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     fn new(statement: Result<Statement, BuildError>) -> Self {
-        Entry { statement: statement.map_err(Arc::new), label: None, guard: None }
+        Entry { statement: statement.map(Arc::new).map_err(Arc::new), label: None, guard: None }
     }
 
     /// Re-renders the guard's SQL, which names the label in a comment.
@@ -91,7 +93,10 @@ impl Entry {
             return;
         };
         match guard.sql(self.label.as_deref()) {
-            Ok(sql) => statement.sql = statement.sql.wrapped(sql),
+            Ok(sql) => {
+                let statement = Arc::make_mut(statement);
+                statement.sql = statement.sql.wrapped(sql);
+            }
             Err(error) => self.statement = Err(Arc::new(error)),
         }
     }

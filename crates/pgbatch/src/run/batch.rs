@@ -47,7 +47,7 @@ pub struct Batch<E = Infallible> {
     retry: Option<RetryPolicy>,
     key: Option<IdempotencyKey>,
     /// The key's marker statement, rendered on first use.
-    marker: OnceLock<Result<Statement, Arc<BuildError>>>,
+    marker: OnceLock<Result<Arc<Statement>, Arc<BuildError>>>,
 }
 
 impl Batch<Infallible> {
@@ -167,9 +167,15 @@ impl<E> Batch<E> {
     /// Every statement as sent: the idempotency marker first when there is a key, then
     /// the batch's own; or the first that could not be built.
     pub(crate) fn wire_statements(&self) -> Result<Vec<&Statement>, Error<E>> {
+        self.shared_statements().map(|shared| shared.into_iter().map(|statement| &**statement).collect())
+    }
+
+    /// [`wire_statements`](Self::wire_statements), shared: what a multiplexed
+    /// connection's driver takes, a reference count per statement.
+    pub(crate) fn shared_statements(&self) -> Result<Vec<&Arc<Statement>>, Error<E>> {
         let mut statements = Vec::with_capacity(self.len() + 1);
         if let Some(key) = &self.key {
-            let marker = self.marker.get_or_init(|| key.marker().map_err(Arc::new));
+            let marker = self.marker.get_or_init(|| key.marker().map(Arc::new).map_err(Arc::new));
             statements.push(marker.as_ref().map_err(|source| Error::invalid(None, Arc::clone(source)))?);
         }
         for (index, entry) in self.body.entries.iter().enumerate() {

@@ -11,7 +11,7 @@ use super::batch::Batch;
 use super::record::{Outcome, observe, record, statement_outcome};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
-use crate::error::{Cause, Error, UnknownReason};
+use crate::error::{Error, UnknownReason};
 use crate::outcome::{Committed, key_taken};
 use crate::wire::{Acquire, Connection, End, Exchange, Restart, TxStatus};
 
@@ -124,14 +124,14 @@ impl<E> Batch<E> {
                     }
                     _ => error,
                 };
-                let read_only = matches!(error.cause(), Some(Cause::ReadOnly(_)));
                 if let (true, true, Some(fresh)) =
-                    (read_only, attempt < policy.attempts(), spare.as_ref().and_then(A::another))
+                    (error.wants_another_connection(), attempt < policy.attempts(), spare.as_ref().and_then(A::another))
                 {
-                    // The server does not accept writes (a standby, or a primary not yet
-                    // writable in a failover) and this connection will not start to: it is
-                    // given up, and the batch replayed on a fresh one.
-                    tracing::info!(attempt, "the server is read-only: replaying the batch on a fresh connection");
+                    // The batch wrote nothing because of this connection: its server does
+                    // not accept writes (a standby, or a primary not yet writable in a
+                    // failover) and will not start to on it, or its session had been ended.
+                    // It is given up, and the batch replayed on a fresh one.
+                    tracing::info!(attempt, cause = %error.log_summary(), "replaying the batch on a fresh connection");
                     lease_of(&mut lease).abandon();
                     // Back to its pool, which discards it, before a fresh one is taken.
                     drop(lease.take());

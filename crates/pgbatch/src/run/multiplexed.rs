@@ -1,6 +1,7 @@
 //! Running a batch on a [`Multiplexed`] client: the same verdicts, retries and settlement
 //! as on a pooled connection, with the exchange given to a shared connection's driver.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -10,7 +11,7 @@ use super::execute::back_off;
 use super::record::{Outcome, record};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
-use crate::error::{Cause, Error};
+use crate::error::Error;
 use crate::outcome::{Committed, key_taken};
 use crate::wire::{Acquire, End, Multiplexed};
 
@@ -36,7 +37,7 @@ impl<E> Batch<E> {
     /// `max_waiting` batches were already given for longer than its `admission_timeout`;
     /// nothing was sent then.
     pub async fn run_multiplexed(&self, client: &Multiplexed) -> Result<Committed, Error<E>> {
-        let statements = self.wire_statements()?;
+        let statements = self.shared_statements()?;
         let touches_session = statements.iter().any(|s| s.sql.touches_session);
         let policy = self.retry_policy().unwrap_or_else(|| client.retry_policy());
         if policy.keeps_transaction() {
@@ -49,12 +50,12 @@ impl<E> Batch<E> {
         let result = async {
             let (mut attempt, mut settled) = (1, false);
             // After a settlement fenced the key: the marker that turns that fence into a commit.
-            let mut replay_marker: Option<Statement> = None;
+            let mut replay_marker: Option<Arc<Statement>> = None;
             loop {
                 let started = Instant::now();
-                let mut sent: Vec<Statement> = statements.iter().map(|statement| (*statement).clone()).collect();
+                let mut sent: Vec<Arc<Statement>> = statements.iter().map(|&statement| Arc::clone(statement)).collect();
                 if let Some(marker) = &replay_marker {
-                    sent[0] = marker.clone();
+                    sent[0] = Arc::clone(marker);
                 }
                 let verdict = self.verdict(End::Commit, attempt);
                 let delivered = client.send(sent, self.begin_sql(), touches_session).await;
@@ -93,7 +94,7 @@ impl<E> Batch<E> {
                         let may_replay = attempt < policy.attempts();
                         match settle_unknown(error, client.pool(), orphan.as_ref(), key, may_replay, self.len()).await {
                             Resolved::Replay { marker, connection: _ } => {
-                                replay_marker = Some(marker);
+                                replay_marker = Some(Arc::new(marker));
                                 (settled, attempt) = (true, attempt + 1);
                                 continue;
                             }
@@ -102,10 +103,10 @@ impl<E> Batch<E> {
                     }
                     _ => error,
                 };
-                if matches!(error.cause(), Some(Cause::ReadOnly(_))) && attempt < policy.attempts() {
-                    // The shared connection that met a read-only session is retired by its
-                    // driver before it takes another batch; the batch wrote nothing.
-                    tracing::info!(attempt, "the server is read-only: replaying the batch on a new connection");
+                if error.wants_another_connection() && attempt < policy.attempts() {
+                    // The batch wrote nothing because of its shared connection (read-only, or
+                    // its session ended), which its driver retires before it takes another.
+                    tracing::info!(attempt, cause = %error.log_summary(), "replaying the batch on a new connection");
                     tokio::time::sleep(policy.delay(attempt)).await;
                     attempt += 1;
                     continue;

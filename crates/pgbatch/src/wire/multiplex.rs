@@ -232,7 +232,7 @@ impl Multiplexed {
     /// batch runs whole on the server, and its answers are read and dropped.
     pub(crate) async fn send(
         &self,
-        statements: Vec<Statement>,
+        statements: Vec<Arc<Statement>>,
         begin: Cow<'static, str>,
         reset_session: bool,
     ) -> Result<Delivery, NotSent> {
@@ -279,7 +279,7 @@ impl std::fmt::Debug for Multiplexed {
 
 /// A batch given to a driver.
 struct Job {
-    statements: Vec<Statement>,
+    statements: Vec<Arc<Statement>>,
     begin: Cow<'static, str>,
     reset_session: bool,
     reply: oneshot::Sender<Result<Delivery, NotSent>>,
@@ -411,7 +411,7 @@ impl Driver {
             self.connection = Some(connection);
         }
         let connection = self.connection.as_mut().expect("opened above");
-        let statements: Vec<&Statement> = job.statements.iter().collect();
+        let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
         super::types::resolve(connection, &statements).await
     }
 }
@@ -428,7 +428,7 @@ fn types_known(connection: &Connection, job: &Job) -> bool {
 /// cannot be encoded (nothing of it is then written).
 fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
     let Job { statements, begin, reset_session, reply, _permit, _load } = job;
-    let statements: Vec<&Statement> = statements.iter().collect();
+    let statements: Vec<&Statement> = statements.iter().map(|statement| &**statement).collect();
     let exchange = Exchange::new(Some(&begin), &statements, End::Commit).reset_session(reset_session).pipelined();
     match connection.queue_pipelined(&exchange) {
         Ok(flight) => {
