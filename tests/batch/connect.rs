@@ -111,7 +111,8 @@ async fn a_batch_given_a_connection_whose_session_just_ended_is_replayed_on_a_fr
         let ended_pid = pooled.get().await.unwrap().cancel_token().process_id();
         let ended = h
             .count(&format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{name}'"
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = '{name}' AND pid <> pg_backend_pid()"
             ))
             .await;
         assert_eq!(ended, 2, "round {round}: the pool's backend and the multiplexed client's");

@@ -33,19 +33,12 @@ async fn rows_of(h: &Harness, id: i64) -> i64 {
     .await
 }
 
-#[derive(QueryableByName)]
-struct Value {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    value: i64,
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_callers_on_two_connections_each_get_their_own_results() {
-    let h = Harness::new().await;
-    let client = client(h.db.config().clone(), 2).await;
+/// Runs callers `ids`, each on the client `client_for` picks for it, and checks that each
+/// got its own batch's results.
+async fn each_gets_its_own_results(ids: std::ops::Range<i64>, client_for: impl Fn(i64) -> Multiplexed) {
     let mut tasks = Vec::new();
-    for id in 100..356 {
-        let client = client.clone();
+    for id in ids {
+        let client = client_for(id);
         tasks.push(tokio::spawn(async move {
             let (batch, echo) = own_batch(id);
             let committed = batch.run_multiplexed(&client).await.expect("commits");
@@ -56,6 +49,19 @@ async fn many_callers_on_two_connections_each_get_their_own_results() {
         let (id, echo) = task.await.unwrap();
         assert_eq!(echo, id * 7, "caller {id} received another caller's results");
     }
+}
+
+#[derive(QueryableByName)]
+struct Value {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    value: i64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_callers_on_two_connections_each_get_their_own_results() {
+    let h = Harness::new().await;
+    let client = client(h.db.config().clone(), 2).await;
+    each_gets_its_own_results(100..356, |_| client.clone()).await;
     assert_eq!(h.count("SELECT count(*) FROM account WHERE id >= 100").await, 256);
     assert_eq!(h.count("SELECT count(*) FROM note WHERE account_id >= 100").await, 256);
     assert_eq!(h.idle_in_transaction().await, 0);
@@ -307,32 +313,49 @@ async fn callers_that_drop_their_futures_leave_the_others_and_the_data_whole() {
     own_batch(4_000).0.run_multiplexed(&client).await.expect("the client still commits");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn callers_beyond_the_bound_wait_then_fail_with_nothing_sent() {
-    let h = Harness::new().await;
-    let manager = ConnectionManager::new(h.db.config().clone());
-    let client = Multiplexed::builder(manager)
+/// A client of one connection that takes two batches at most, and waits 200 ms for a place.
+async fn client_of_two_places(h: &Harness) -> Multiplexed {
+    Multiplexed::builder(ConnectionManager::new(h.db.config().clone()))
         .connections(1)
         .in_flight_per_connection(2)
         .max_waiting(2)
         .admission_timeout(Duration::from_millis(200))
         .build()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Callers whose batches insert accounts `ids` once they get advisory lock `lock` (which
+/// the test holds, so that they wait on the server); returns once they were written.
+async fn callers_behind_lock(
+    client: &Multiplexed,
+    lock: i64,
+    ids: [i64; 2],
+) -> Vec<tokio::task::JoinHandle<Result<(), Error>>> {
+    let callers = ids
+        .into_iter()
+        .map(|id| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut batch = Batch::new();
+                batch.push(diesel::sql_query(format!("SELECT pg_advisory_xact_lock({lock})")));
+                batch.push(insert_account(id, &format!("{id}@example.com")));
+                batch.run_multiplexed(&client).await.map(drop)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    callers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_beyond_the_bound_wait_then_fail_with_nothing_sent() {
+    let h = Harness::new().await;
+    let client = client_of_two_places(&h).await;
     // Two batches wait on a lock the test holds, filling the client.
     let holder = h.db.connect().await.unwrap();
     holder.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(42)").await.unwrap();
-    let mut blocked = Vec::new();
-    for id in [6_000, 6_001] {
-        let client = client.clone();
-        blocked.push(tokio::spawn(async move {
-            let mut batch = Batch::new();
-            batch.push(diesel::sql_query("SELECT pg_advisory_xact_lock(42)"));
-            batch.push(insert_account(id, &format!("{id}@example.com")));
-            batch.run_multiplexed(&client).await.map(drop)
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let blocked = callers_behind_lock(&client, 42, [6_000, 6_001]).await;
     let refused = own_batch(6_002).0.run_multiplexed(&client).await;
     assert!(
         matches!(refused, Err(Error::Pool(pgbatch::error::PoolError::TimedOut { .. }))),
@@ -350,26 +373,10 @@ async fn callers_beyond_the_bound_wait_then_fail_with_nothing_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_that_gives_up_holds_its_place_until_its_batch_is_answered() {
     let h = Harness::new().await;
-    let client = Multiplexed::builder(ConnectionManager::new(h.db.config().clone()))
-        .connections(1)
-        .max_waiting(2)
-        .admission_timeout(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let client = client_of_two_places(&h).await;
     let holder = h.db.connect().await.unwrap();
     holder.batch_execute("BEGIN; SELECT pg_advisory_xact_lock(43)").await.unwrap();
-    let mut given_up = Vec::new();
-    for id in [6_100, 6_101] {
-        let client = client.clone();
-        given_up.push(tokio::spawn(async move {
-            let mut batch = Batch::new();
-            batch.push(diesel::sql_query("SELECT pg_advisory_xact_lock(43)"));
-            batch.push(insert_account(id, &format!("{id}@example.com")));
-            batch.run_multiplexed(&client).await.map(drop)
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let given_up = callers_behind_lock(&client, 43, [6_100, 6_101]).await;
     for task in &given_up {
         task.abort();
     }
@@ -438,19 +445,7 @@ async fn behind_a_pooler_one_batch_is_in_flight_per_connection_unless_it_keeps_p
     assert_eq!(told.in_flight_per_connection(), 8);
 
     // Either way, every caller's batch commits with its own results.
-    let mut tasks = Vec::new();
-    for id in 7_100..7_164 {
-        let client = if id % 2 == 0 { by_default.clone() } else { told.clone() };
-        tasks.push(tokio::spawn(async move {
-            let (batch, echo) = own_batch(id);
-            let committed = batch.run_multiplexed(&client).await.expect("commits");
-            (id, committed.get(&echo).expect("its echo").value)
-        }));
-    }
-    for task in tasks {
-        let (id, echo) = task.await.unwrap();
-        assert_eq!(echo, id * 7, "caller {id} received another caller's results");
-    }
+    each_gets_its_own_results(7_100..7_164, |id| if id % 2 == 0 { by_default.clone() } else { told.clone() }).await;
     assert_eq!(h.count("SELECT count(*) FROM account WHERE id >= 7100").await, 64);
 }
 

@@ -30,6 +30,13 @@ fn url(ports: &[u16], options: &str) -> String {
     format!("postgres://postgres@{}/postgres?connect_timeout=10&sslmode=disable&{options}", hosts.join(","))
 }
 
+/// A batch that inserts a note saying `body`.
+fn insert(body: &str) -> Batch {
+    let mut batch = Batch::new();
+    batch.push(diesel::sql_query(format!("INSERT INTO note (body) VALUES ('{body}')"))).label("insert note");
+    batch
+}
+
 async fn in_recovery(connection: &mut Connection) -> bool {
     let mut batch = Batch::new();
     let recovery =
@@ -113,11 +120,6 @@ async fn a_batch_on_a_read_only_server_is_replayed_on_a_fresh_connection_and_com
         format!("BEGIN READ WRITE; ALTER DATABASE \"{}\" RESET default_transaction_read_only; COMMIT", db.name());
     db.execute(&writable).await.unwrap();
 
-    let insert = |body: &str| {
-        let mut batch = Batch::new();
-        batch.push(diesel::sql_query(format!("INSERT INTO note (body) VALUES ('{body}')"))).label("insert note");
-        batch
-    };
     // A bare connection has no other: the error says what happened and what to set.
     let error = insert("bare").run(&mut bare).await.expect_err("the session is read-only");
     assert!(matches!(error.cause(), Some(Cause::ReadOnly(_))), "{error}");
@@ -151,11 +153,6 @@ async fn a_multiplexed_batch_on_a_read_only_server_is_replayed_on_a_new_connecti
         format!("BEGIN READ WRITE; ALTER DATABASE \"{}\" RESET default_transaction_read_only; COMMIT", db.name());
     db.execute(&writable).await.unwrap();
 
-    let insert = |body: &str| {
-        let mut batch = Batch::new();
-        batch.push(diesel::sql_query(format!("INSERT INTO note (body) VALUES ('{body}')"))).label("insert note");
-        batch
-    };
     let committed = insert("replayed").run_multiplexed(&replaying).await.expect("replayed on a new connection");
     assert_eq!(committed.attempts(), 2);
 
@@ -182,23 +179,17 @@ async fn a_multiplexed_batchs_replication_warning_goes_with_its_own_commit() {
     let client =
         pgbatch::Multiplexed::builder(pgbatch::ConnectionManager::new(config)).connections(1).build().await.unwrap();
 
-    let write = {
+    let caller = |sql: &'static str| {
         let client = client.clone();
         tokio::spawn(async move {
             let mut batch = Batch::new();
-            batch.push(diesel::sql_query("INSERT INTO note (body) VALUES ('waited')"));
+            batch.push(diesel::sql_query(sql));
             batch.run_multiplexed(&client).await
         })
     };
+    let write = caller("INSERT INTO note (body) VALUES ('waited')");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let read = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            let mut batch = Batch::new();
-            batch.push(diesel::sql_query("SELECT 1"));
-            batch.run_multiplexed(&client).await
-        })
-    };
+    let read = caller("SELECT 1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The write's COMMIT is waiting for the standby: cancel that wait.
     let cancelled = admin
