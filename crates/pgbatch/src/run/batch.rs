@@ -167,23 +167,28 @@ impl<E> Batch<E> {
     /// Every statement as sent: the idempotency marker first when there is a key, then
     /// the batch's own; or the first that could not be built.
     pub(crate) fn wire_statements(&self) -> Result<Vec<&Statement>, Error<E>> {
-        self.shared_statements().map(|shared| shared.into_iter().map(|statement| &**statement).collect())
+        self.collect_statements(|statement| &**statement)
     }
 
     /// [`wire_statements`](Self::wire_statements), shared: what a multiplexed
     /// connection's driver takes, a reference count per statement.
-    pub(crate) fn shared_statements(&self) -> Result<Vec<&Arc<Statement>>, Error<E>> {
+    pub(crate) fn shared_statements(&self) -> Result<Vec<Arc<Statement>>, Error<E>> {
+        self.collect_statements(Arc::clone)
+    }
+
+    /// Every statement as sent, each as `as_sent` makes it, in one allocation.
+    fn collect_statements<'a, T>(&'a self, as_sent: impl Fn(&'a Arc<Statement>) -> T) -> Result<Vec<T>, Error<E>> {
         let mut statements = Vec::with_capacity(self.len() + 1);
         if let Some(key) = &self.key {
             let marker = self.marker.get_or_init(|| key.marker().map(Arc::new).map_err(Arc::new));
-            statements.push(marker.as_ref().map_err(|source| Error::invalid(None, Arc::clone(source)))?);
+            statements.push(as_sent(marker.as_ref().map_err(|source| Error::invalid(None, Arc::clone(source)))?));
         }
         for (index, entry) in self.body.entries.iter().enumerate() {
             let statement = entry
                 .statement
                 .as_ref()
                 .map_err(|source| Error::invalid(Some(self.body.statement_ref(index)), Arc::clone(source)))?;
-            statements.push(statement);
+            statements.push(as_sent(statement));
         }
         Ok(statements)
     }

@@ -124,23 +124,16 @@ impl<E> Batch<E> {
                     }
                     _ => error,
                 };
-                if let (true, true, Some(fresh)) =
-                    (error.wants_another_connection(), attempt < policy.attempts(), spare.as_ref().and_then(A::another))
+                let fresh = spare.as_ref().and_then(A::another);
+                if let (Replay::OnAnotherConnection, Some(fresh)) =
+                    (back_off(error, attempt, policy, fresh.is_some()).await?, fresh)
                 {
-                    // The batch wrote nothing because of this connection: its server does
-                    // not accept writes (a standby, or a primary not yet writable in a
-                    // failover) and will not start to on it, or its session had been ended.
-                    // It is given up, and the batch replayed on a fresh one.
-                    tracing::info!(attempt, cause = %error.log_summary(), "replaying the batch on a fresh connection");
+                    // This connection will not run the batch (see `back_off`): back to its
+                    // pool, which discards it, before a fresh one is taken.
                     lease_of(&mut lease).abandon();
-                    // Back to its pool, which discards it, before a fresh one is taken.
                     drop(lease.take());
-                    tokio::time::sleep(policy.delay(attempt)).await;
                     lease = Some(fresh.acquire().await.map_err(Error::Pool)?);
-                    attempt += 1;
-                    continue;
                 }
-                back_off(error, attempt, policy).await?;
                 attempt += 1;
             }
         }
@@ -251,21 +244,40 @@ impl<E> Batch<E> {
     }
 }
 
-/// Waits as `policy` says before attempt `attempt + 1` when `error` is transient
-/// (a serialization failure, a deadlock) and the policy allows another attempt; otherwise
-/// gives the error back, the run's verdict.
+/// Where a failed attempt is replayed.
+pub(super) enum Replay {
+    /// A serialization failure or deadlock: on the same connection.
+    OnSameConnection,
+    /// The batch wrote nothing because of its connection: the server does not accept
+    /// writes on it (a standby, or a primary not yet writable in a failover) and will not
+    /// start to, or it had ended the session before the batch began.
+    OnAnotherConnection,
+}
+
+/// Waits as `policy` says before attempt `attempt + 1` when the policy allows another
+/// attempt and `error` is transient, or (when the run can get one, `another_connection`)
+/// wants another connection; says where to replay. Otherwise gives the error back, the
+/// run's verdict.
 pub(super) async fn back_off<E>(
     error: Error<E>,
     attempt: u32,
     policy: crate::plan::RetryPolicy,
-) -> Result<(), Error<E>> {
-    if !(error.is_transient() && attempt < policy.attempts()) {
+    another_connection: bool,
+) -> Result<Replay, Error<E>> {
+    let replay = if another_connection && error.wants_another_connection() {
+        Replay::OnAnotherConnection
+    } else if error.is_transient() {
+        Replay::OnSameConnection
+    } else {
+        return Err(error);
+    };
+    if attempt >= policy.attempts() {
         return Err(error);
     }
     let delay = policy.delay(attempt);
     tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.log_summary(), "retrying batch");
     tokio::time::sleep(delay).await;
-    Ok(())
+    Ok(replay)
 }
 
 /// The connection of a run; it is only ever missing between a lost connection and its

@@ -53,7 +53,7 @@ impl<E> Batch<E> {
             let mut replay_marker: Option<Arc<Statement>> = None;
             loop {
                 let started = Instant::now();
-                let mut sent: Vec<Arc<Statement>> = statements.iter().map(|&statement| Arc::clone(statement)).collect();
+                let mut sent = statements.clone();
                 if let Some(marker) = &replay_marker {
                     sent[0] = Arc::clone(marker);
                 }
@@ -103,15 +103,9 @@ impl<E> Batch<E> {
                     }
                     _ => error,
                 };
-                if error.wants_another_connection() && attempt < policy.attempts() {
-                    // The batch wrote nothing because of its shared connection (read-only, or
-                    // its session ended), which its driver retires before it takes another.
-                    tracing::info!(attempt, cause = %error.log_summary(), "replaying the batch on a new connection");
-                    tokio::time::sleep(policy.delay(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
-                back_off(error, attempt, policy).await?;
+                // A shared connection that will not run the batch (read-only, its session
+                // ended) is retired by its driver before it takes another batch.
+                back_off(error, attempt, policy, true).await?;
                 attempt += 1;
             }
         }
