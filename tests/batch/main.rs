@@ -13,6 +13,7 @@ mod connection_loss;
 mod custom_types;
 mod failures;
 mod guards;
+mod holders;
 mod hooks;
 mod idempotency;
 mod large;

@@ -273,21 +273,28 @@ async fn a_temporary_table_left_by_one_request_does_not_swallow_the_next_ones_wr
     );
 }
 
-/// On a bare connection, a two-phase batch dropped undecided leaves its rollback and reset
-/// queued; the next batch reads them first, and if the reset did not complete it resets
-/// again before it begins.
+/// On a bare connection, a two-phase batch dropped undecided leaves its rollback queued; the
+/// next batch reads it first. What the rollback undoes is gone (a transaction-scoped setting,
+/// a temporary table made in the transaction); a session advisory lock outlives a rollback,
+/// and stays with the connection's holder, as its session does (directly connected: behind a
+/// pooler every unit is reset).
 #[tokio::test]
-async fn a_bare_connection_is_reset_after_a_two_phase_batch_dropped_undecided() {
+async fn a_two_phase_batch_dropped_undecided_on_a_bare_connection_rolls_back_and_the_holder_keeps_its_session() {
     let h = Harness::new().await;
     h.db.execute(ROUTES_SCHEMA).await.expect("the routes' functions");
     let mut connection = Connection::connect_with(h.db.config()).await.unwrap();
     let default = view(&mut connection).await;
-    for sql in ["SELECT set_tenant('dropped')", "SELECT take_session_lock()", "SELECT make_temp_table()"] {
+    for sql in ["SELECT set_tenant('dropped')", "SELECT make_temp_table()"] {
         let mut batch = Batch::new();
         batch.push(diesel::sql_query(sql));
         drop(batch.prepare(&mut connection).await.expect("the first round trip"));
         assert_eq!(view(&mut connection).await, default, "after dropping {sql:?} undecided");
     }
+    let mut batch = Batch::new();
+    batch.push(diesel::sql_query("SELECT take_session_lock()"));
+    drop(batch.prepare(&mut connection).await.expect("the first round trip"));
+    let held = if connection.has_own_backend() { 1 } else { 0 };
+    assert_eq!(view(&mut connection).await.advisory_locks, held, "the holder's session lock");
 }
 
 /// The opt-out gives up exactly what its docs say: a route the recognition does not see

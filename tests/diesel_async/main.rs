@@ -9,6 +9,7 @@
 
 mod differential;
 mod drops;
+mod holders;
 mod ported;
 
 mod support;

@@ -5,7 +5,7 @@
 //! at any byte: [`Fault::CutAfterClientBytes`] lets exactly k bytes of a request through
 //! and closes the connection, [`Fault::CutAfterServerBytes`] does the same to the answers,
 //! [`Fault::StallAfterClientBytes`] stops the traffic without closing, and
-//! [`Fault::RewriteServer`] changes what the server said.
+//! [`Fault::RewriteServer`] and [`Fault::RewriteClient`] change what one side said.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -72,13 +72,28 @@ pub enum Fault {
         /// What the client gets instead.
         to: Vec<u8>,
     },
+    /// Replace the first occurrence of `from` in the client's bytes with `to`: a request
+    /// that reaches the server other than it was sent (a statement that then fails as a
+    /// cancel would, say).
+    RewriteClient {
+        /// The bytes to find.
+        from: Vec<u8>,
+        /// What the server gets instead.
+        to: Vec<u8>,
+    },
 }
 
 impl Fault {
     fn applies_to(&self, direction: Side) -> bool {
         match self {
             Fault::CutAfterServerBytes(_) | Fault::RewriteServer { .. } => direction == Side::Server,
-            _ => direction == Side::Client,
+            Fault::CutAfterClientSends { .. }
+            | Fault::CutBeforeClientSends { .. }
+            | Fault::CutAfterClientBytes(_)
+            | Fault::StallAfterClientBytes(_)
+            | Fault::StallBeforeClientSends { .. }
+            | Fault::DeliverLater { .. }
+            | Fault::RewriteClient { .. } => direction == Side::Client,
         }
     }
 }
@@ -336,7 +351,8 @@ impl Shared {
             | Fault::CutBeforeClientSends { pattern }
             | Fault::StallBeforeClientSends { pattern }
             | Fault::DeliverLater { pattern, .. }
-            | Fault::RewriteServer { from: pattern, .. } => {
+            | Fault::RewriteServer { from: pattern, .. }
+            | Fault::RewriteClient { from: pattern, .. } => {
                 let mut window = std::mem::take(&mut state.tail);
                 let tail_len = window.len();
                 window.extend_from_slice(chunk);
@@ -356,7 +372,7 @@ impl Shared {
                         });
                         Verdict::Forward(chunk.to_vec())
                     }
-                    Fault::RewriteServer { from, to } if start >= tail_len => {
+                    Fault::RewriteServer { from, to } | Fault::RewriteClient { from, to } if start >= tail_len => {
                         let at = start - tail_len;
                         let mut out = chunk[..at].to_vec();
                         out.extend_from_slice(&to);
@@ -365,7 +381,7 @@ impl Shared {
                     }
                     // A pattern split across chunks cannot be rewritten any more: say so
                     // by closing, rather than pass the original on.
-                    Fault::RewriteServer { .. } => Verdict::ForwardThenClose(Vec::new()),
+                    Fault::RewriteServer { .. } | Fault::RewriteClient { .. } => Verdict::ForwardThenClose(Vec::new()),
                     Fault::StallBeforeClientSends { .. } => {
                         Verdict::ForwardThenStall(chunk[..start.saturating_sub(tail_len)].to_vec())
                     }
@@ -373,7 +389,12 @@ impl Shared {
                         let at = start.saturating_sub(tail_len);
                         Verdict::ForwardThenHold(chunk[..at].to_vec(), chunk[at..].to_vec(), after)
                     }
-                    _ => Verdict::ForwardThenClose(chunk[..start.saturating_sub(tail_len)].to_vec()),
+                    Fault::CutBeforeClientSends { .. } => {
+                        Verdict::ForwardThenClose(chunk[..start.saturating_sub(tail_len)].to_vec())
+                    }
+                    Fault::CutAfterClientBytes(_) | Fault::CutAfterServerBytes(_) | Fault::StallAfterClientBytes(_) => {
+                        unreachable!("counted faults are matched above")
+                    }
                 }
             }
         }

@@ -47,7 +47,6 @@ impl<E> Batch<E> {
             let mut lease = target.acquire().await.map_err(Error::Pool)?;
             observer.clone_from(&lease.session().observer);
             let begin = self.begin_sql();
-            let reset_session = statements.iter().any(|s| s.sql.touches_session);
             let exchange = Exchange::new(Some(&begin), &statements, End::Open);
             let verdict = self.verdict(End::Open, 1);
             let answers = lease.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
@@ -62,7 +61,6 @@ impl<E> Batch<E> {
                 lease,
                 results: Some(results),
                 open: true,
-                reset_session,
                 ending,
                 watched,
                 started,
@@ -113,8 +111,6 @@ where
     results: Option<Results>,
     /// Whether the transaction may still be open on the connection.
     open: bool,
-    /// Whether a statement may have changed the session, which is then reset at the end.
-    reset_session: bool,
     ending: EndVerdict,
     /// The connection's observer and the statements' labels, told of the decision.
     watched: Option<Watched>,
@@ -174,12 +170,12 @@ where
         let span =
             tracing::debug_span!("pgbatch.decide", decision, round_trip_ms = Empty, outcome = Empty, error = Empty);
         let started = Instant::now();
-        let exchange = Exchange::new(None, &[], end).reset_session(self.reset_session);
+        let exchange = Exchange::new(None, &[], end);
         // Sent or refused: either way there is nothing left to roll back from Drop.
         self.open = false;
         let ended = match self.lease.exchange(&exchange).instrument(span.clone()).await {
             Ok(answers) => self.ending.judge(end, answers.ending),
-            Err(reason) => Err(crate::outcome::not_sent(reason, |_| None)),
+            Err(reason) => Err(crate::outcome::not_sent(reason, |_| None, 1)),
         };
         span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
         record(&span, &ended, decided);

@@ -1,5 +1,5 @@
 //! What the session reset after every batch costs: C1 and S1 batches with
-//! [`SessionReset::AfterEveryBatch`] (the default) against [`SessionReset::WhenRecognised`]
+//! [`SessionReset::BetweenHolders`] (the default) against [`SessionReset::WhenRecognised`]
 //! (the reset only after recognised session functions, as before it was the default),
 //! interleaved sample by sample on two connections, at 0 ms and 10 ms added RTT, and through
 //! PgBouncer in transaction mode when one answers; then C1 throughput at 0 ms on 4
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-const MODES: [SessionReset; 2] = [SessionReset::AfterEveryBatch, SessionReset::WhenRecognised];
+const MODES: [SessionReset; 2] = [SessionReset::BetweenHolders, SessionReset::WhenRecognised];
 const THROUGHPUT_CONNECTIONS: usize = 4;
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(2);
 const THROUGHPUT_ROUNDS: usize = 3;

@@ -112,7 +112,11 @@ impl AsyncConnection for Connection {
 }
 
 impl diesel_async::pooled_connection::PoolableConnection for Connection {
+    /// diesel-async's pool managers ask this as they take a connection back (bb8, mobc) or
+    /// before they lend it again (deadpool): the holder's time with the session ends there,
+    /// so the next holder's first request resets it.
     fn is_broken(&mut self) -> bool {
+        self.hand_over();
         AnsiTransactionManager::is_broken_transaction_manager(self) || self.is_closed()
     }
 }
@@ -126,7 +130,7 @@ impl Connection {
         let shown = StrQueryHelper::new(&statement.sql.text);
         self.caller.instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
         let result = match self.request(&statement).await {
-            Ok(Answers { mut outputs, ending: Ending::Done }) => Ok(outputs.pop().unwrap_or_default()),
+            Ok(Answers { mut outputs, ending: Ending::Done, .. }) => Ok(outputs.pop().unwrap_or_default()),
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),
         };

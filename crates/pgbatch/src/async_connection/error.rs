@@ -31,6 +31,21 @@ pub(super) fn from_not_sent(reason: NotSent) -> DieselError {
         NotSent::Wire(error) => DieselError::DatabaseError(DatabaseErrorKind::Unknown, Box::new(error.to_string())),
         NotSent::UnknownType(error) => DieselError::SerializationError(Box::new(error)),
         NotSent::Encode { error, .. } => DieselError::SerializationError(Box::new(error)),
+        NotSent::Prelude { error, cleared: false } => closed(&format!(
+            "the session could not be reset before the request ({}: {}), so it did not run; the connection \
+             was closed with the session, which may have held another holder's state",
+            error.code().code(),
+            error.message()
+        )),
+        NotSent::Prelude { error, cleared: true } => DieselError::DatabaseError(
+            DatabaseErrorKind::Unknown,
+            Box::new(format!(
+                "the session reset before the request drew a cancel or failed its setup ({}: {}), so the request \
+                 did not run; run it again",
+                error.code().code(),
+                error.message()
+            )),
+        ),
         NotSent::NoTransaction | NotSent::InCallerTransaction => {
             unreachable!("only batches end or join transactions")
         }

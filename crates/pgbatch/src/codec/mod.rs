@@ -17,7 +17,7 @@ pub(crate) use row::{Column, StepOutput};
 #[cfg(feature = "diesel-async")]
 pub use row::{DieselField, Row};
 #[cfg(feature = "diesel-async")]
-pub(crate) use sql_shape::{Boundary, boundary};
+pub(crate) use sql_shape::{Boundary, boundary, is_one_statement};
 pub(crate) use sql_shape::{SqlShape, shape, without_terminator};
 pub use statement::MAX_BINDS;
 pub(crate) use statement::Statement;

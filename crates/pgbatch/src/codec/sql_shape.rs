@@ -284,6 +284,13 @@ pub(crate) fn boundary(sql: &str) -> Boundary {
     result
 }
 
+/// Whether `sql` holds exactly one statement (comments, literals and empty statements
+/// aside): what the extended protocol can parse as one.
+#[cfg(any(feature = "diesel-async", test))]
+pub(crate) fn is_one_statement(sql: &str) -> bool {
+    Words::new(sql).filter(|word| word.starts_statement).count() == 1
+}
+
 /// `sql` without trailing white space, comments and a final `;`, so that text can be
 /// appended to it or it can be wrapped in parentheses.
 pub(crate) fn without_terminator(sql: &str) -> &str {
@@ -317,6 +324,16 @@ mod tests {
         assert_eq!(boundary("ROLLBACK TO SAVEPOINT diesel_savepoint_1"), Other);
         assert_eq!(boundary("SAVEPOINT s"), Other);
         assert_eq!(boundary("PREPARE TRANSACTION 'x'"), Other);
+    }
+
+    #[test]
+    fn one_statement_or_several() {
+        for one in ["BEGIN", "select 1;", "SELECT ';' -- ; x\n", "DO $$ BEGIN PERFORM 1; END $$", "(SELECT 1); ;"] {
+            assert!(is_one_statement(one), "{one:?}");
+        }
+        for not_one in ["", "-- nothing", "SELECT 1; SELECT 2", "BEGIN; COMMIT"] {
+            assert!(!is_one_statement(not_one), "{not_one:?}");
+        }
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use connect::{ConnectError, PoolError, WireError};
 pub use guard::{Expectation, GuardFailure};
 pub use result::ResultError;
 pub use server::{ServerError, Severity, SqlState};
-pub use statement::{BeginFailure, CommitFailure, StatementFailure, StatementOutcome, StatementRef};
+pub use statement::{BeginFailure, CommitFailure, ResetFailure, StatementFailure, StatementOutcome, StatementRef};
 pub(crate) use summary::LogSummary;
 pub use unknown::{AlreadyCommitted, OutcomeUnknown, UnknownReason};
 
@@ -31,6 +31,7 @@ pub use unknown::{AlreadyCommitted, OutcomeUnknown, UnknownReason};
 /// | variant | committed? |
 /// |---|---|
 /// | [`Invalid`](Error::Invalid), [`ConnectionClosed`](Error::ConnectionClosed), [`Pool`](Error::Pool) | no, nothing was sent |
+/// | [`SessionReset`](Error::SessionReset) | no, the server skipped the batch |
 /// | [`Begin`](Error::Begin), [`Statement`](Error::Statement), [`Domain`](Error::Domain), [`Commit`](Error::Commit), [`IdempotencyMarker`](Error::IdempotencyMarker), [`KeyFenced`](Error::KeyFenced), [`Connection`](Error::Connection) | no, the transaction was rolled back |
 /// | [`AlreadyCommitted`](Error::AlreadyCommitted) | not now: an earlier run with the same key did |
 /// | [`OutcomeUnknown`](Error::OutcomeUnknown) | unknown: it may have committed |
@@ -53,6 +54,22 @@ pub enum Error<E = Infallible> {
         /// What is wrong with it.
         source: Arc<BuildError>,
     },
+
+    /// The session could not be made clean before the batch (the reset that clears what an
+    /// earlier holder of the connection left was stopped by a cancel request, a
+    /// `statement_timeout` or a lock), so the server skipped the batch: nothing of it ran,
+    /// and nothing ever runs on a session the reset did not clear. The connection was
+    /// closed with its session, unless the session had been cleared
+    /// ([`ResetFailure::session_cleared`]).
+    ///
+    /// A batch run on a pool or a [`Multiplexed`](crate::Multiplexed) client is replayed as
+    /// its retry policy allows (on a fresh connection when this one was closed); this error
+    /// reaches the caller when no attempt is left, or on a bare connection: run the batch
+    /// again (on a new connection when [`Error::ConnectionClosed`] follows). Seen often, it
+    /// means something leaves sessions that take longer to reset than the session setup's
+    /// `statement_timeout` allows (thousands of temporary tables, say).
+    #[error(transparent)]
+    SessionReset(Box<ResetFailure>),
 
     /// `BEGIN` failed, so no statement ran: a cancel request or `statement_timeout` landed
     /// on it, or the server cannot start the transaction the batch asked for (a hot
@@ -197,12 +214,14 @@ impl<E> Error<E> {
         }
     }
 
-    /// The server-side cause of a failure at `BEGIN`, a statement or `COMMIT`.
+    /// The server-side cause of a failure at `BEGIN`, a statement, `COMMIT` or the session
+    /// reset before the batch.
     pub fn cause(&self) -> Option<&Cause> {
         match self {
             Error::Statement(failure) | Error::Domain { failure, .. } => Some(failure.cause()),
             Error::Begin(failure) => Some(failure.cause()),
             Error::Commit(failure) => Some(failure.cause()),
+            Error::SessionReset(failure) => Some(failure.cause()),
             Error::IdempotencyMarker { cause, .. } => Some(cause),
             _ => None,
         }
@@ -222,6 +241,7 @@ impl<E> Error<E> {
             Error::Statement(failure) | Error::Domain { failure, .. } => failure.attempts(),
             Error::Begin(failure) => failure.attempts(),
             Error::Commit(failure) => failure.attempts(),
+            Error::SessionReset(failure) => failure.attempts(),
             Error::OutcomeUnknown(unknown) => unknown.attempts(),
             Error::IdempotencyMarker { attempts, .. } | Error::KeyFenced { attempts, .. } => *attempts,
             _ => 1,
@@ -239,11 +259,20 @@ impl<E> Error<E> {
     /// a standby, or a primary still read-only in a failover), or had ended its session
     /// before the batch began (a backend terminated while the connection sat idle in a
     /// pool, its notice not yet read when the connection was lent out).
+    /// A session reset that could not clear the session closed the connection: the same.
     pub(crate) fn wants_another_connection(&self) -> bool {
         match self {
             Error::Begin(failure) if failure.cause().ended_connection() => true,
+            Error::SessionReset(failure) => !failure.session_cleared(),
             _ => matches!(self.cause(), Some(Cause::ReadOnly(_))),
         }
+    }
+
+    /// Whether the batch did not run because of its session's reset, which cleared the
+    /// session and stays due on the connection: replaying it there is safe and likely to
+    /// succeed (the cancel the reset drew has been delivered).
+    pub(crate) fn wants_replay_on_same_connection(&self) -> bool {
+        matches!(self, Error::SessionReset(failure) if failure.session_cleared())
     }
 
     /// The error for logs: no server messages, no values.
@@ -259,6 +288,7 @@ impl Error<Infallible> {
         match self {
             Error::Invalid { statement, source } => Error::Invalid { statement, source },
             Error::Begin(failure) => Error::Begin(failure),
+            Error::SessionReset(failure) => Error::SessionReset(failure),
             Error::Statement(failure) => Error::Statement(failure),
             Error::Domain { error, .. } => match error {},
             Error::Commit(failure) => Error::Commit(failure),

@@ -190,6 +190,55 @@ impl fmt::Display for BeginFailure {
 
 impl std::error::Error for BeginFailure {}
 
+/// The session could not be made clean before the batch, so the server skipped it: no
+/// statement ran. What failed is the prelude pgbatch writes before the batch's `BEGIN`, in
+/// the same unit: the session reset (`DISCARD ALL`, then the session setup) that clears what
+/// an earlier holder of the connection left, or the `ROLLBACK` of a transaction an earlier
+/// unit left open. A cancel request, a `statement_timeout` or a lock can stop it.
+#[derive(Debug)]
+pub struct ResetFailure {
+    cause: Cause,
+    cleared: bool,
+    attempts: u32,
+}
+
+impl ResetFailure {
+    pub(crate) fn new(cause: Cause, cleared: bool, attempts: u32) -> Self {
+        ResetFailure { cause, cleared, attempts }
+    }
+
+    /// Why the prelude failed.
+    pub fn cause(&self) -> &Cause {
+        &self.cause
+    }
+    /// Whether the session had been cleared (`DISCARD ALL` completed) before the failure:
+    /// then only the session setup failed, or a cancel that reached the server while the
+    /// reset ran was delivered late, to the step after it (PostgreSQL holds a cancel over
+    /// until the reset can be interrupted). The connection was kept and resets again before
+    /// its next unit. Otherwise it was closed, and its server session with it.
+    pub fn session_cleared(&self) -> bool {
+        self.cleared
+    }
+    /// How many times the batch was run, retries included.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+}
+
+impl fmt::Display for ResetFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the session reset before the batch failed: {}; the batch did not run, nothing committed", self.cause)?;
+        if self.cleared {
+            f.write_str(" (the session was cleared, the connection kept)")?;
+        } else {
+            f.write_str(" (the connection was closed, its session with it)")?;
+        }
+        write_attempts(f, self.attempts)
+    }
+}
+
+impl std::error::Error for ResetFailure {}
+
 fn write_attempts(f: &mut fmt::Formatter<'_>, attempts: u32) -> fmt::Result {
     if attempts > 1 {
         write!(f, " (after {attempts} attempts)")?;

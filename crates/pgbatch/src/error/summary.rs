@@ -35,6 +35,9 @@ impl<E> fmt::Display for LogSummary<'_, E> {
                 }
             }
             Error::Begin(failure) => write!(f, "BEGIN failed: {}", CauseSummary(failure.cause())),
+            Error::SessionReset(failure) => {
+                write!(f, "not run: the session reset before it failed: {}", CauseSummary(failure.cause()))
+            }
             Error::Statement(failure) => failed(f, failure),
             Error::Domain { failure, .. } => {
                 failed(f, failure)?;

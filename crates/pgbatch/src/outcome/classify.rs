@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::{
-    AlreadyCommitted, BeginFailure, BuildError, Cause, CommitFailure, Error, OutcomeUnknown, SqlState,
+    AlreadyCommitted, BeginFailure, BuildError, Cause, CommitFailure, Error, OutcomeUnknown, ResetFailure, SqlState,
     StatementFailure, UnknownReason,
 };
 use crate::plan::{Entry, Fragment, IdempotencyKey, MarkerRow, Results};
-use crate::wire::{Answers, End, Ending, NotSent, Step};
+use crate::wire::{Answers, End, Ending, NotSent, PreludeOutcome, Step};
 
 /// SQLSTATEs with which a server says it cannot tell whether a commit applied:
 /// `40003` (`statement_completion_unknown`, CockroachDB's "result is ambiguous") and
@@ -35,12 +35,18 @@ impl<E> Verdict<'_, E> {
 
     /// The results of a run whose answers all came back, or its error.
     pub(crate) fn judge(&self, answers: Answers) -> Result<Results, Error<E>> {
-        let Answers { mut outputs, ending } = answers;
+        let Answers { mut outputs, ending, prelude: answers_prelude } = answers;
         match ending {
             Ending::Done => {
                 outputs.drain(..self.offset().min(outputs.len()));
                 let labels = self.body.entries.iter().map(|e| e.label.clone()).collect();
                 Ok(Results::new(outputs, labels, self.body.scopes.clone()))
+            }
+            Ending::Failed { step: Step::Prelude, error } => {
+                // The wire reports a failed prelude as not sent; should one come here, the
+                // batch did not run either.
+                let cleared = matches!(answers_prelude, PreludeOutcome::Failed { cleared: true });
+                Err(Error::SessionReset(Box::new(ResetFailure::new(Cause::from_server(*error), cleared, self.attempts))))
             }
             Ending::Failed { step: Step::Begin, error } => {
                 Err(Error::Begin(Box::new(BeginFailure::new(Cause::from_server(*error), self.attempts))))
@@ -61,7 +67,8 @@ impl<E> Verdict<'_, E> {
 
     /// The error of a run that was not sent at all.
     pub(crate) fn not_sent(&self, reason: NotSent) -> Error<E> {
-        not_sent(reason, |index| index.checked_sub(self.offset()).map(|index| self.body.statement_ref(index)))
+        let statement = |index: usize| index.checked_sub(self.offset()).map(|index| self.body.statement_ref(index));
+        not_sent(reason, statement, self.attempts)
     }
 
     fn statement_failed(&self, wire_index: usize, error: crate::error::ServerError) -> Error<E> {
@@ -152,12 +159,17 @@ fn already_committed(key: &str, at: Option<SystemTime>) -> AlreadyCommitted {
     AlreadyCommitted::new(key.to_owned(), at)
 }
 
-/// The error of a batch that was not sent; `statement` names a wire index's statement.
+/// The error of a batch that was not sent (or that the server skipped because its prelude
+/// failed); `statement` names a wire index's statement.
 pub(crate) fn not_sent<E>(
     reason: NotSent,
     statement: impl FnOnce(usize) -> Option<crate::error::StatementRef>,
+    attempts: u32,
 ) -> Error<E> {
     match reason {
+        NotSent::Prelude { error, cleared } => {
+            Error::SessionReset(Box::new(ResetFailure::new(Cause::from_server(*error), cleared, attempts)))
+        }
         NotSent::Closed | NotSent::NoTransaction => Error::ConnectionClosed,
         NotSent::InCallerTransaction => Error::InEnclosingTransaction {
             reason: "a two-phase batch, or pgbatch's own maintenance, needs a transaction of its own",
@@ -213,7 +225,7 @@ mod tests {
     }
 
     fn answers(completed: usize, ending: Ending) -> Answers {
-        Answers { outputs: (0..completed).map(|_| StepOutput::default()).collect(), ending }
+        Answers { outputs: (0..completed).map(|_| StepOutput::default()).collect(), ending, prelude: PreludeOutcome::Done }
     }
 
     fn judge(key: Option<&IdempotencyKey>, end: End, answers: Answers) -> Result<Results, Error> {
@@ -229,7 +241,7 @@ mod tests {
         for (key, affected) in [(None, vec![1, 2, 3]), (Some(&key), vec![99, 1, 2, 3])] {
             // With a key, the marker's output (wire statement 0) is not the batch's.
             let outputs = affected.into_iter().map(|affected| StepOutput { affected, ..StepOutput::default() });
-            let answers = Answers { outputs: outputs.collect(), ending: Ending::Done };
+            let answers = Answers { outputs: outputs.collect(), ending: Ending::Done, prelude: PreludeOutcome::Done };
             let results = Verdict { body: &body, key, end: End::Commit, attempts: 1 }.judge(answers).unwrap();
             let read: Vec<u64> = handles.iter().map(|handle| results.get(handle).unwrap()).collect();
             assert_eq!(read, [1, 2, 3]);
@@ -332,11 +344,11 @@ mod tests {
     #[test]
     fn a_batch_not_sent_is_never_a_commit() {
         for reason in [NotSent::Closed, NotSent::NoTransaction] {
-            assert!(matches!(not_sent::<Infallible>(reason, |_| None), Error::ConnectionClosed));
+            assert!(matches!(not_sent::<Infallible>(reason, |_| None, 1), Error::ConnectionClosed));
         }
-        let wire = not_sent::<Infallible>(NotSent::Wire(WireError::Closed), |_| None);
+        let wire = not_sent::<Infallible>(NotSent::Wire(WireError::Closed), |_| None, 1);
         assert!(matches!(wire, Error::Connection(_)));
         let encode = NotSent::Encode { index: 1, error: std::io::Error::other("too long") };
-        assert!(matches!(not_sent::<Infallible>(encode, |_| None), Error::Invalid { .. }));
+        assert!(matches!(not_sent::<Infallible>(encode, |_| None, 1), Error::Invalid { .. }));
     }
 }

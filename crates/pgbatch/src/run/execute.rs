@@ -39,7 +39,6 @@ impl<E> Batch<E> {
     /// fragment maps it), naming the statement.
     pub async fn run<A: Acquire>(&self, target: A) -> Result<Committed, Error<E>> {
         let statements = self.wire_statements()?;
-        let touches_session = statements.iter().any(|s| s.sql.touches_session);
         let span = self.run_span();
         let result = async {
             // A pool can lend another connection: the one to settle an unknown outcome on.
@@ -49,7 +48,7 @@ impl<E> Batch<E> {
             if lease_of(&mut lease).in_caller_transaction() {
                 // Never end the caller's transaction: join it.
                 let connection = lease_of(&mut lease);
-                let result = self.run_nested(connection, &statements, touches_session, policy).await;
+                let result = self.run_nested(connection, &statements, policy).await;
                 tracing::Span::current().record("attempt", 1);
                 return result;
             }
@@ -68,7 +67,7 @@ impl<E> Batch<E> {
                 if let Some(marker) = &replay_marker {
                     sent[0] = marker;
                 }
-                let result = self.run_once(connection, &sent, touches_session, attempt, restart).await;
+                let result = self.run_once(connection, &sent, attempt, restart).await;
                 let span = tracing::Span::current();
                 span.record("attempt", attempt);
                 span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
@@ -171,7 +170,6 @@ impl<E> Batch<E> {
         &self,
         connection: &mut Connection,
         statements: &[&Statement],
-        touches_session: bool,
         policy: crate::plan::RetryPolicy,
     ) -> Result<Committed, Error<E>> {
         let refusal = if self.idempotency().is_some() {
@@ -190,7 +188,7 @@ impl<E> Batch<E> {
         }
         let started = Instant::now();
         let verdict = self.verdict(End::Release, 1);
-        let exchange = Exchange::new(None, statements, End::Release).reset_session(touches_session);
+        let exchange = Exchange::new(None, statements, End::Release);
         let answers = connection.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
         let result =
             verdict.judge(answers).map(|results| Committed::new(results, 1).released_into_enclosing_transaction());
@@ -206,7 +204,6 @@ impl<E> Batch<E> {
         &self,
         connection: &mut Connection,
         statements: &[&Statement],
-        touches_session: bool,
         attempt: u32,
         restart: Restart,
     ) -> Result<Committed, Error<E>> {
@@ -214,7 +211,7 @@ impl<E> Batch<E> {
         let verdict = self.verdict(End::Commit, attempt);
         let begin = self.begin_sql();
         let begin = (restart != Restart::Again).then_some(&*begin);
-        let exchange = Exchange::new(begin, statements, End::Commit).reset_session(touches_session).restart(restart);
+        let exchange = Exchange::new(begin, statements, End::Commit).restart(restart);
         let answers = connection.exchange(&exchange).await.map_err(|reason| verdict.not_sent(reason))?;
         let unconfirmed = connection.replication_unconfirmed();
         let result = verdict
@@ -246,11 +243,13 @@ impl<E> Batch<E> {
 
 /// Where a failed attempt is replayed.
 pub(super) enum Replay {
-    /// A serialization failure or deadlock: on the same connection.
+    /// A serialization failure or deadlock, or a session reset that cleared the session
+    /// but drew a cancel: on the same connection.
     OnSameConnection,
     /// The batch wrote nothing because of its connection: the server does not accept
     /// writes on it (a standby, or a primary not yet writable in a failover) and will not
-    /// start to, or it had ended the session before the batch began.
+    /// start to, it had ended the session before the batch began, or the session reset
+    /// before the batch could not clear it (the connection was closed).
     OnAnotherConnection,
 }
 
@@ -266,7 +265,7 @@ pub(super) async fn back_off<E>(
 ) -> Result<Replay, Error<E>> {
     let replay = if another_connection && error.wants_another_connection() {
         Replay::OnAnotherConnection
-    } else if error.is_transient() {
+    } else if error.is_transient() || error.wants_replay_on_same_connection() {
         Replay::OnSameConnection
     } else {
         return Err(error);

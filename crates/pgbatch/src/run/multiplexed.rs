@@ -38,7 +38,6 @@ impl<E> Batch<E> {
     /// nothing was sent then.
     pub async fn run_multiplexed(&self, client: &Multiplexed) -> Result<Committed, Error<E>> {
         let statements = self.shared_statements()?;
-        let touches_session = statements.iter().any(|s| s.sql.touches_session);
         let policy = self.retry_policy().unwrap_or_else(|| client.retry_policy());
         if policy.keeps_transaction() {
             return Err(Error::NotMultiplexable {
@@ -58,7 +57,7 @@ impl<E> Batch<E> {
                     sent[0] = Arc::clone(marker);
                 }
                 let verdict = self.verdict(End::Commit, attempt);
-                let delivered = client.send(sent, self.begin_sql(), touches_session).await;
+                let delivered = client.send(sent, self.begin_sql()).await;
                 let span = tracing::Span::current();
                 span.record("attempt", attempt);
                 span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);

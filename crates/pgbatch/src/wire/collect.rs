@@ -7,12 +7,16 @@ use std::sync::Arc;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 
+use super::prelude::{Prelude, PreludeOutcome};
 use crate::codec::{Column, Row, StepOutput};
 use crate::error::{BuildError, ServerError, SqlState, WireError};
 
 /// A step of a batch's unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Step {
+    /// A step of the [`Prelude`]: the `ROLLBACK` of an earlier transaction or the session
+    /// reset. Nothing of the unit itself ran.
+    Prelude,
     Begin,
     Statement(usize),
     /// `COMMIT` or `ROLLBACK`.
@@ -38,10 +42,14 @@ pub(crate) struct Answers {
     /// One output per statement that completed, in order.
     pub(crate) outputs: Vec<StepOutput>,
     pub(crate) ending: Ending,
+    /// What became of the prelude written before the unit.
+    pub(crate) prelude: PreludeOutcome,
 }
 
 /// Follows a unit's answers step by step.
 pub(crate) struct Collector {
+    /// Steps written before the unit's own, in the same segment.
+    prelude: Prelude,
     /// Steps before the statements (`BEGIN`, a savepoint), reported as [`Step::Begin`].
     prefix: usize,
     statements: usize,
@@ -63,6 +71,7 @@ pub(crate) struct Collector {
 impl Collector {
     pub(crate) fn new(prefix: usize, statements: usize, suffix: usize, end_tag: Option<&'static str>) -> Self {
         Collector {
+            prelude: Prelude::NONE,
             prefix,
             statements,
             suffix,
@@ -77,9 +86,16 @@ impl Collector {
         }
     }
 
+    /// The unit's steps follow `prelude`'s, in the same segment.
+    pub(crate) fn after(mut self, prelude: Prelude) -> Self {
+        self.prelude = prelude;
+        self
+    }
+
     /// The step the next answer belongs to.
     fn step(&self) -> Step {
-        match self.completed.checked_sub(self.prefix) {
+        let Some(own) = self.completed.checked_sub(self.prelude.steps()) else { return Step::Prelude };
+        match own.checked_sub(self.prefix) {
             None => Step::Begin,
             Some(index) if index < self.statements => Step::Statement(index),
             Some(_) => Step::End,
@@ -88,7 +104,22 @@ impl Collector {
 
     /// Whether the next answer is the end step's own (not a step before it).
     fn at_end(&self) -> bool {
-        self.completed >= self.prefix + self.statements + self.suffix
+        // A caller's simple query says `usize::MAX` statements.
+        self.completed
+            >= self.prelude.steps().saturating_add(self.prefix).saturating_add(self.statements).saturating_add(self.suffix)
+    }
+
+    /// What became of the prelude, from the answers read so far.
+    fn prelude_outcome(&self) -> PreludeOutcome {
+        match &self.failure {
+            Some((Step::Prelude, _)) => PreludeOutcome::Failed {
+                cleared: self.prelude.discard_step().is_some_and(|discard| self.completed > discard),
+            },
+            _ if self.completed >= self.prelude.steps() => PreludeOutcome::Done,
+            // A failure after the prelude means every step of it answered.
+            Some(_) => PreludeOutcome::Done,
+            None => PreludeOutcome::Unknown,
+        }
     }
 
     /// Takes one message of the unit. Returns true at its `ReadyForQuery`.
@@ -126,8 +157,14 @@ impl Collector {
     }
 
     fn complete(&mut self, tag: &str) {
-        match self.step() {
-            Step::Begin => {}
+        let step = self.step();
+        if !matches!(step, Step::Statement(_)) {
+            // Rows of a step that is not a statement (a setup `SELECT`) are nobody's.
+            self.rows.clear();
+            self.columns = None;
+        }
+        match step {
+            Step::Prelude | Step::Begin => {}
             Step::Statement(_) => {
                 self.columns = None;
                 let affected = tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
@@ -158,6 +195,7 @@ impl Collector {
 
     /// The answers of a unit whose `ReadyForQuery` arrived.
     pub(crate) fn finish(self) -> Answers {
+        let prelude = self.prelude_outcome();
         let ending = match self.failure {
             Some((step, error)) => Ending::Failed { step, error },
             None if self.end_tag.is_some() && !self.ended => {
@@ -165,18 +203,19 @@ impl Collector {
             }
             None => Ending::Done,
         };
-        Answers { outputs: self.outputs, ending }
+        Answers { outputs: self.outputs, ending, prelude }
     }
 
     /// The answers of a unit cut short by a failed connection.
     pub(crate) fn lost(self, error: WireError, end_sent: bool) -> Answers {
+        let prelude = self.prelude_outcome();
         let ending = match self.failure {
             // What the server said before the connection failed stands.
             Some((step, error)) => Ending::Failed { step, error },
             None if self.ended => Ending::Done,
             None => Ending::Lost { error, end_sent },
         };
-        Answers { outputs: self.outputs, ending }
+        Answers { outputs: self.outputs, ending, prelude }
     }
 }
 
@@ -217,6 +256,12 @@ pub(crate) enum NotSent {
     InCallerTransaction,
     /// The protocol encoder refused statement `index` (the checks at push should have).
     Encode { index: usize, error: std::io::Error },
+    /// The prelude written before the unit in the same segment (the `ROLLBACK` of an earlier
+    /// transaction, the session reset) failed, so the server skipped the unit: nothing of it
+    /// ran. `cleared` says whether `DISCARD ALL` had completed (only the setup failed, or a
+    /// cancel the reset drew was delivered late): the connection is then kept, its reset
+    /// still due; otherwise it was given up with its session.
+    Prelude { error: Box<ServerError>, cleared: bool },
     /// No connection to send it on: none could be opened, or none was free in time.
     Pool(crate::error::PoolError),
 }

@@ -12,9 +12,11 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use super::cancel::CancelToken;
+use super::collect::{Answers, Ending, NotSent, Step};
 use super::io::{Io, without_waiting};
+use super::prelude::{Prelude, PreludeOutcome};
 use super::session::{Session, SessionReset};
-use super::sql::{DISCARD, ROLLBACK};
+use super::sql::{BEGIN, ROLLBACK};
 use crate::codec::TypeName;
 use crate::error::{ConnectError, ServerError, SqlState, WireError};
 use crate::plan::RetryPolicy;
@@ -38,6 +40,9 @@ const SYNC_REPLICATION_CANCELLED: &str = "canceling wait for synchronous replica
 /// are not held for long.
 const DRAIN_ON_DROP: Duration = Duration::from_secs(10);
 
+/// How long giving up a session behind a pooler waits for its `BEGIN` to be answered.
+const END_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A PostgreSQL connection that runs batches.
 ///
 /// It speaks the protocol itself (through `postgres-protocol`), so that a batch's `BEGIN`,
@@ -58,8 +63,13 @@ pub struct Connection {
     pending: usize,
     status: TxStatus,
     broken: bool,
-    /// Whether the session may hold state a batch left in it, until a reset clears it.
-    dirty: bool,
+    /// Whether the holder ran something that may have left state in the session (any
+    /// statement, or with [`SessionReset::WhenRecognised`] a recognised one) since the
+    /// session was last made clean.
+    used: bool,
+    /// Whether the session must be made clean before the next unit that starts outside a
+    /// transaction: it changed hands after being used, or an earlier reset did not complete.
+    reset_due: bool,
     /// Whether the open transaction, if any, is one the caller opened with a request of
     /// its own (a diesel-async transaction): batches then join it and never end it.
     caller_transaction: bool,
@@ -98,7 +108,8 @@ impl Connection {
             pending: 0,
             status: TxStatus::Idle,
             broken: false,
-            dirty: false,
+            used: false,
+            reset_due: false,
             caller_transaction: false,
             replication_unconfirmed: false,
             parameters,
@@ -143,15 +154,15 @@ impl Connection {
     /// # Errors
     ///
     /// [`ConnectError::Closed`] when closed, [`ConnectError::Unclean`] when answers of an
-    /// interrupted batch are still due, a transaction is open, or the session has not been
-    /// reset since a batch ran statements on it.
+    /// interrupted batch are still due or a transaction is open. A session that still holds
+    /// what an earlier holder left is fit: the next unit resets it first, in its own write.
     pub fn check(&mut self) -> Result<(), ConnectError> {
         if !self.broken {
             let _ = without_waiting(|cx| self.poll_drain(cx));
         }
         if self.broken {
             Err(ConnectError::Closed)
-        } else if self.pending > 0 || self.io().has_unwritten() || self.status != TxStatus::Idle || self.dirty {
+        } else if self.pending > 0 || self.io().has_unwritten() || self.status != TxStatus::Idle {
             Err(ConnectError::Unclean)
         } else {
             Ok(())
@@ -234,15 +245,82 @@ impl Connection {
         self.replication_unconfirmed = false;
     }
 
-    /// Whether the session may hold state a batch left in it.
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty
+    /// Ends the current holder's time with the connection (a pool takes it back, a
+    /// multiplexed batch has been written): when the holder used the session, the next unit
+    /// resets it first.
+    pub(crate) fn hand_over(&mut self) {
+        self.reset_due |= self.used;
+        self.used = false;
     }
 
-    /// Records that a batch's statements are about to run on the session, or that a reset
-    /// completed (`false`).
-    pub(crate) fn set_dirty(&mut self, dirty: bool) {
-        self.dirty = dirty;
+    /// Records that a unit of the holder's is queued: `touches_session` when pgbatch
+    /// recognises one of its statements as changing the session.
+    pub(crate) fn note_use(&mut self, touches_session: bool) {
+        self.used |= touches_session || self.resets_after_any_use();
+    }
+
+    /// What a unit must run first, in its own segment, so that it starts on a session known
+    /// clean; `outside` says whether it starts outside any transaction (it begins one, or is
+    /// a caller's request on an idle connection). Behind a pooler every such unit may land on
+    /// a server session another client just left, so each is reset.
+    pub(crate) fn prelude(&self, outside: bool) -> Prelude {
+        if !outside || self.in_caller_transaction() {
+            return Prelude::NONE;
+        }
+        let reset = self.reset_due || (!self.has_own_backend() && self.resets_after_any_use());
+        // With answers still due (units pipelined ahead), the state they leave is not known.
+        let rollback = self.status != TxStatus::Idle || self.pending > 0;
+        Prelude { rollback, reset, setup: if reset { self.session.setup.len() } else { 0 } }
+    }
+
+    /// Takes in what became of a unit's prelude (see [`prelude_landed`](Self::prelude_landed))
+    /// and gives the session up when the prelude could not clear it; a unit the server
+    /// skipped because its prelude failed is [`NotSent::Prelude`]: nothing of it ran.
+    pub(crate) async fn after_prelude(&mut self, prelude: Prelude, answers: Answers) -> Result<Answers, NotSent> {
+        if self.prelude_landed(prelude, answers.prelude) {
+            self.end_session().await;
+        }
+        match answers.ending {
+            Ending::Failed { step: Step::Prelude, error } => {
+                let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
+                Err(NotSent::Prelude { error, cleared })
+            }
+            ending => Ok(Answers { ending, ..answers }),
+        }
+    }
+
+    /// Takes in what became of a unit's prelude; true when the session can no longer be
+    /// trusted (the reset failed before `DISCARD ALL` completed): the connection must then
+    /// be given up, its session with it.
+    pub(crate) fn prelude_landed(&mut self, prelude: Prelude, outcome: PreludeOutcome) -> bool {
+        match outcome {
+            PreludeOutcome::Done if prelude.reset => {
+                self.reset_due = false;
+                false
+            }
+            PreludeOutcome::Done | PreludeOutcome::Unknown => false,
+            PreludeOutcome::Failed { cleared } => {
+                // Nothing of the unit ran; the setup may be missing even when the session was
+                // cleared, so the reset stays due.
+                self.reset_due |= prelude.reset;
+                !cleared
+            }
+        }
+    }
+
+    /// Gives up on the connection and on its server session, which may hold what an earlier
+    /// holder left. Directly connected, closing the socket ends the session. Behind a
+    /// pooler the server session would go back to the pooler's pool: it is first left inside
+    /// a transaction (`BEGIN`, waited for), so that the pooler closes it when the client
+    /// goes ("client disconnect while server was not ready").
+    pub(crate) async fn end_session(&mut self) {
+        if !self.broken && !self.has_own_backend() && self.drain().await.is_ok() {
+            if frontend::query(BEGIN, self.io().queue()).is_ok() {
+                self.expect_units(1);
+                let _ = tokio::time::timeout(END_SESSION_TIMEOUT, self.drain()).await;
+            }
+        }
+        self.abandon();
     }
 
     /// Whether the server is inside a transaction the caller opened with a request of its
@@ -260,20 +338,8 @@ impl Connection {
 
     /// Whether statements that run on this connection make its session need a reset, when
     /// pgbatch does not recognise them as changing it.
-    pub(crate) fn resets_after_every_batch(&self) -> bool {
-        self.session.reset == SessionReset::AfterEveryBatch
-    }
-
-    /// Queues the session reset, `DISCARD ALL` and the session setup again, each a simple
-    /// query (a unit) of its own; returns how many units that is. The caller counts them.
-    pub(crate) fn queue_reset(&mut self) -> std::io::Result<usize> {
-        let session = Arc::clone(&self.session);
-        let buf = self.io().queue();
-        frontend::query(DISCARD, buf)?;
-        for sql in &session.setup {
-            frontend::query(sql, buf)?;
-        }
-        Ok(1 + session.setup.len())
+    pub(crate) fn resets_after_any_use(&self) -> bool {
+        self.session.reset == SessionReset::BetweenHolders
     }
 
     /// Gives up on the connection: closes its socket, which ends its session (and any
@@ -402,17 +468,16 @@ impl Connection {
         error
     }
 
-    /// Queues `ROLLBACK` and the session reset without waiting for them, for a `Drop`:
-    /// they are written now if the socket takes them, otherwise with whatever next uses or
-    /// drops the connection. The session stays marked for a reset: a pool discards the
-    /// connection (its answers are due), and a bare connection's next batch resets again.
+    /// Queues `ROLLBACK` without waiting for it, for a `Drop`: it is written now if the
+    /// socket takes it, otherwise with whatever next uses or drops the connection. A pool
+    /// discards the connection (its answer is due); a bare connection's next unit reads it
+    /// first.
     pub(crate) fn queue_rollback(&mut self) {
         if self.broken {
             return;
         }
         let _ = frontend::query(ROLLBACK, self.io().queue());
-        let resets = self.queue_reset().unwrap_or(0);
-        self.expect_units(1 + resets);
+        self.expect_units(1);
         let _ = without_waiting(|cx| self.io().poll_write(cx));
     }
 }

@@ -4,7 +4,7 @@
 //! A unit is the requests up to and including one `Sync` (or one simple `Query`); the
 //! server answers each with one `ReadyForQuery`. Some units' answers are collected (a
 //! batch, a type lookup); others only have to be read (a `ROLLBACK` that makes sure the
-//! connection ends outside any transaction, a session reset).
+//! connection ends outside any transaction).
 
 use std::collections::VecDeque;
 use std::task::Poll;
@@ -22,9 +22,6 @@ pub(crate) enum Unit {
     Collect(Collector),
     /// Its answers are read and dropped; an error in it is kept.
     Discard,
-    /// A step of the session reset (`DISCARD ALL`, the session setup): read and dropped,
-    /// and an error in it means the session may not be clean.
-    Reset,
 }
 
 /// What a flight brought back.
@@ -33,12 +30,6 @@ pub(crate) struct Landed {
     pub(crate) answers: Vec<Answers>,
     /// The first error of a discarded unit.
     pub(crate) discarded_error: Option<Box<ServerError>>,
-    /// Whether the flight carried a session reset and every step of it completed without
-    /// an error: the session is clean.
-    pub(crate) reset_done: bool,
-    /// Whether the flight carried a session reset and a step of it failed (or was never
-    /// answered): the session may hold state.
-    pub(crate) reset_failed: bool,
 }
 
 impl Landed {
@@ -59,9 +50,6 @@ pub(crate) struct Flight {
     answers: Vec<Answers>,
     /// The first error of a discarded unit.
     discarded_error: Option<Box<ServerError>>,
-    /// Whether a reset step was queued, and whether one failed (or was never answered).
-    reset_queued: bool,
-    reset_failed: bool,
     /// Where the end step (`COMMIT`) of the first collected unit ends in the byte stream.
     end_offset: Option<u64>,
     /// When the first collected unit leaves a transaction open and fails, roll it back at
@@ -75,8 +63,6 @@ impl Flight {
             units: VecDeque::new(),
             answers: Vec::new(),
             discarded_error: None,
-            reset_queued: false,
-            reset_failed: false,
             end_offset: None,
             roll_back_open_failure: false,
         }
@@ -85,7 +71,6 @@ impl Flight {
     /// Adds a unit just queued on `connection`.
     pub(crate) fn push(&mut self, connection: &mut Connection, unit: Unit) {
         connection.expect_units(1);
-        self.reset_queued |= matches!(unit, Unit::Reset);
         self.units.push_back(unit);
     }
 
@@ -113,12 +98,7 @@ impl Flight {
 
     /// What the flight brought back, once every unit has answered or reported a failure.
     pub(crate) fn landed(self) -> Landed {
-        Landed {
-            answers: self.answers,
-            discarded_error: self.discarded_error,
-            reset_done: self.reset_queued && !self.reset_failed,
-            reset_failed: self.reset_queued && self.reset_failed,
-        }
+        Landed { answers: self.answers, discarded_error: self.discarded_error }
     }
 
     fn poll(&mut self, connection: &mut Connection, cx: &mut std::task::Context<'_>) -> Poll<()> {
@@ -155,14 +135,13 @@ impl Flight {
             };
         };
         match unit {
-            Unit::Discard | Unit::Reset => match message {
+            Unit::Discard => match message {
                 Message::ReadyForQuery(_) => {
                     self.units.pop_front();
                 }
                 Message::ErrorResponse(body) => {
                     let error = ServerError::parse(body.fields());
                     tracing::debug!(code = error.code().code(), "a follow-up request of a batch failed");
-                    self.reset_failed |= matches!(unit, Unit::Reset);
                     self.discarded_error.get_or_insert(Box::new(error));
                 }
                 _ => {}
@@ -174,17 +153,11 @@ impl Flight {
                     self.answers.push(collector.finish());
                     if failed && self.roll_back_open_failure && connection.status() != TxStatus::Idle {
                         // The first round trip of a two-phase batch failed inside its open
-                        // transaction: end it now, and reset the session it may have
-                        // changed, before the connection is handed back.
+                        // transaction: end it now, before the connection is handed back.
                         frontend::query(super::sql::ROLLBACK, connection.io().queue())
                             .map_err(|e| WireError::Protocol(e.to_string()))?;
-                        let resets = connection.queue_reset().map_err(|e| WireError::Protocol(e.to_string()))?;
-                        for _ in 0..resets {
-                            self.units.push_front(Unit::Reset);
-                        }
-                        self.reset_queued |= resets > 0;
                         self.units.push_front(Unit::Discard);
-                        connection.expect_units(1 + resets);
+                        connection.expect_units(1);
                     }
                     self.roll_back_open_failure = false;
                 }
@@ -199,7 +172,6 @@ impl Flight {
         let end_sent = self.end_offset.is_some_and(|offset| connection.io().written() >= offset);
         let mut error = Some(error);
         for unit in self.units.drain(..) {
-            self.reset_failed |= matches!(unit, Unit::Reset);
             if let Unit::Collect(collector) = unit {
                 // The first collected unit gets the error itself, the others a copy of its
                 // kind; only the first can have an end step in flight.

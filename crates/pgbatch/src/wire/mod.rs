@@ -17,6 +17,7 @@ mod io;
 mod multiplex;
 mod pipeline;
 mod pool;
+mod prelude;
 #[cfg(feature = "diesel-async")]
 mod request;
 mod session;
@@ -33,6 +34,7 @@ pub use config::{Config, SslMode, TargetSessionAttrs};
 pub use connection::Connection;
 pub(crate) use connection::{EndBackend, TxStatus};
 pub(crate) use exchange::{End, Exchange, Restart};
+pub(crate) use prelude::PreludeOutcome;
 pub use multiplex::{Multiplexed, MultiplexedBuilder};
 pub use pool::{Acquire, ConnectionManager, Pool};
 pub use session::SessionReset;

@@ -12,10 +12,11 @@ use bb8::ManageConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::cancel::CancelToken;
-use super::collect::{Answers, Collector, NotSent};
+use super::collect::{Answers, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, EndBackend};
 use super::exchange::{End, Exchange};
 use super::pipeline::Pipeline;
+use super::prelude::PreludeOutcome;
 use super::pool::{ConnectionManager, Pool};
 use super::sql::COMMIT;
 use crate::codec::Statement;
@@ -26,15 +27,16 @@ use crate::plan::RetryPolicy;
 ///
 /// A pooled batch holds its connection for a whole round trip, so `n` connections commit at
 /// most `n / RTT` batches a second. A batch is self-contained (one unit, one `Sync`, its own
-/// `ROLLBACK` and session reset), so the next caller's batch can be written on the same
+/// prelude and `ROLLBACK`), so the next caller's batch can be written on the same
 /// connection before the first one's answer is back: `Multiplexed` keeps up to
 /// [`in_flight_per_connection`](MultiplexedBuilder::in_flight_per_connection) batches in
 /// flight on each of its connections, and gives each caller's batch to the least loaded
 /// one. Run batches on it with [`Batch::run_multiplexed`](crate::Batch::run_multiplexed).
 ///
 /// Every guarantee of a batch holds per batch: the server runs each as if it had the
-/// connection to itself (a failure skips the rest of its own unit only, and the next batch
-/// starts on an idle connection whose session was reset), answers are handed back in the
+/// connection to itself (a failure skips the rest of its own unit only; each batch is a
+/// holder of its own, so its prelude rolls back what the batch ahead left open and resets
+/// the session the batch ahead used, and a batch whose prelude fails never runs), answers are handed back in the
 /// order they were sent, and a connection lost mid-flight gives every batch in flight on
 /// it its own verdict: not committed when its `COMMIT` was never written, unknown when it
 /// was. A lost connection is replaced with the next batch given to it.
@@ -230,12 +232,7 @@ impl Multiplexed {
     /// Gives a batch's statements to the least loaded connection and waits for their
     /// answers. Dropping the future before the batch was written sends nothing; after, the
     /// batch runs whole on the server, and its answers are read and dropped.
-    pub(crate) async fn send(
-        &self,
-        statements: Vec<Arc<Statement>>,
-        begin: Cow<'static, str>,
-        reset_session: bool,
-    ) -> Result<Delivery, NotSent> {
+    pub(crate) async fn send(&self, statements: Vec<Arc<Statement>>, begin: Cow<'static, str>) -> Result<Delivery, NotSent> {
         let admitted =
             tokio::time::timeout(self.shared.admission_timeout, self.shared.admission.clone().acquire_owned());
         let permit = match admitted.await {
@@ -251,7 +248,7 @@ impl Multiplexed {
             .expect("a client has at least one connection");
         let count = statements.len();
         let (reply, answer) = oneshot::channel();
-        let job = Job { statements, begin, reset_session, reply, _permit: permit, _load: Load::new(&lane.load) };
+        let job = Job { statements, begin, reply, _permit: permit, _load: Load::new(&lane.load) };
         if lane.jobs.send(job).await.is_err() {
             return Err(NotSent::Closed);
         }
@@ -281,7 +278,6 @@ impl std::fmt::Debug for Multiplexed {
 struct Job {
     statements: Vec<Arc<Statement>>,
     begin: Cow<'static, str>,
-    reset_session: bool,
     reply: oneshot::Sender<Result<Delivery, NotSent>>,
     /// Held until the batch is answered: the bound on batches given at once.
     _permit: OwnedSemaphorePermit,
@@ -337,7 +333,13 @@ impl Driver {
         loop {
             match self.step(&mut pipeline).await {
                 Wake::Done => return,
-                Wake::Retire => self.connection = None,
+                Wake::Retire => {
+                    if let Some(mut connection) = self.connection.take() {
+                        // Behind a pooler, its server session must not go back to the
+                        // pooler's pool as it is.
+                        connection.end_session().await;
+                    }
+                }
                 Wake::Exclusive(job) => {
                     if let Err(not_sent) = self.prepare(&job).await {
                         let _ = job.reply.send(Err(not_sent));
@@ -427,13 +429,15 @@ fn types_known(connection: &Connection, job: &Job) -> bool {
 /// Queues `job` on `connection` behind the flights due, or answers it at once when it
 /// cannot be encoded (nothing of it is then written).
 fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
-    let Job { statements, begin, reset_session, reply, _permit, _load } = job;
+    let Job { statements, begin, reply, _permit, _load } = job;
     let statements: Vec<&Statement> = statements.iter().map(|statement| &**statement).collect();
-    let exchange = Exchange::new(Some(&begin), &statements, End::Commit).reset_session(reset_session).pipelined();
+    let exchange = Exchange::new(Some(&begin), &statements, End::Commit);
+    // Each batch is a holder of its own: the one ahead hands the session over.
+    connection.hand_over();
     match connection.queue_pipelined(&exchange) {
-        Ok(flight) => {
+        Ok((flight, prelude)) => {
             let orphan = (connection.cancel_token(), connection.end_backend());
-            pipeline.push(flight, Sent { reply, orphan, _permit, _load });
+            pipeline.push(flight, prelude, Sent { reply, orphan, _permit, _load });
         }
         Err(not_sent) => {
             let _ = reply.send(Err(not_sent));
@@ -445,7 +449,13 @@ fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
 fn deliver(sent: Sent, arrival: super::pipeline::Arrival) {
     let mut answers = arrival.landed.answers;
     let answers = answers.pop().expect("a batch's flight collects its unit");
-    let lost = matches!(answers.ending, super::collect::Ending::Lost { .. });
+    if let Ending::Failed { step: Step::Prelude, error } = answers.ending {
+        // The server skipped the batch: nothing of it ran.
+        let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
+        let _ = sent.reply.send(Err(NotSent::Prelude { error, cleared }));
+        return;
+    }
+    let lost = matches!(answers.ending, Ending::Lost { .. });
     let delivery = Delivery {
         answers,
         replication_unconfirmed: arrival.replication_unconfirmed,

@@ -10,22 +10,25 @@
 //!   |<-- B's answers, Ready ... ------------------------------|
 //! ```
 //!
-//! Every exchange is a unit of its own ending in one `Sync`, followed by its own
-//! `ROLLBACK` and session reset, so the server runs each as if it had the connection to
-//! itself: a failure skips the rest of its own unit only, and the next exchange starts on
-//! an idle connection whose session is reset. A lost connection lands every flight still
-//! due with the failure, each judged by how much of it was written.
+//! Every exchange is a unit of its own ending in one `Sync`, after a prelude of its own
+//! (`ROLLBACK` of whatever the one ahead left, and the session reset when one ahead used the
+//! session) and followed by its own `ROLLBACK`, so the server runs each as if it had the
+//! connection to itself: a failure skips the rest of its own unit only, and a unit whose
+//! prelude failed never runs. A lost connection lands every flight still due with the
+//! failure, each judged by how much of it was written.
 
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Landed};
+use super::prelude::{Prelude, PreludeOutcome};
 use crate::error::WireError;
 
-/// A flight and what its sender waits on.
+/// A flight, the prelude its unit was written with, and what its sender waits on.
 struct InFlight<T> {
     flight: Flight,
+    prelude: Prelude,
     sender: T,
 }
 
@@ -35,11 +38,12 @@ pub(crate) struct Arrival {
     /// The server said, while this flight was the one answering, that a commit stopped
     /// waiting for synchronous replication.
     pub(crate) replication_unconfirmed: bool,
-    /// Whether the connection may take more flights: open, left idle and reset by this
-    /// flight, and not read-only. A session reset that failed (a cancel request from
-    /// outside landed on it) could leave state for the next flight, a transaction left
-    /// open would swallow it, and a read-only session fails every write: the connection is
-    /// then retired once the flights due have landed, and the next flight opens another.
+    /// Whether the connection may take more flights: open, left idle by this flight, its
+    /// session not left uncleared by a failed reset, and not read-only. A transaction left
+    /// open would swallow the next flight, a session a reset could not clear is not to be
+    /// trusted (each flight behind resets for itself, but the next one may not), and a
+    /// read-only session fails every write: the connection is then retired once the
+    /// flights due have landed, and the next flight opens another.
     pub(crate) connection_fit: bool,
 }
 
@@ -63,8 +67,8 @@ impl<T> Pipeline<T> {
     }
 
     /// Adds a flight just queued on the connection (behind every flight already due).
-    pub(crate) fn push(&mut self, flight: Flight, sender: T) {
-        self.flights.push_back(InFlight { flight, sender });
+    pub(crate) fn push(&mut self, flight: Flight, prelude: Prelude, sender: T) {
+        self.flights.push_back(InFlight { flight, prelude, sender });
     }
 
     /// Writes what is queued and reads answers, handing each landed flight to `arrived`
@@ -96,16 +100,15 @@ impl<T> Pipeline<T> {
             match front.flight.accept(connection, message) {
                 Ok(false) => {}
                 Ok(true) => {
-                    let InFlight { flight, sender } = self.flights.pop_front().expect("checked above");
+                    let InFlight { flight, prelude, sender } = self.flights.pop_front().expect("checked above");
                     let replication_unconfirmed = connection.replication_unconfirmed();
                     connection.forget_replication_warning();
                     let landed = flight.landed();
-                    if landed.reset_done && self.flights.is_empty() {
-                        connection.set_dirty(false);
-                    }
+                    let outcome = landed.answers.first().map_or(PreludeOutcome::Unknown, |answers| answers.prelude);
+                    let untrusted = connection.prelude_landed(prelude, outcome);
                     let connection_fit = !connection.is_closed()
                         && connection.status() == TxStatus::Idle
-                        && !landed.reset_failed
+                        && !untrusted
                         && !landed.refused_writes();
                     arrived(sender, Arrival { landed, replication_unconfirmed, connection_fit });
                 }
@@ -121,7 +124,7 @@ impl<T> Pipeline<T> {
     /// judged by how much of it had been written.
     fn fail_all(&mut self, connection: &mut Connection, error: WireError, arrived: &mut impl FnMut(T, Arrival)) {
         let mut error = Some(error);
-        for InFlight { mut flight, sender } in self.flights.drain(..) {
+        for InFlight { mut flight, sender, .. } in self.flights.drain(..) {
             // The first flight gets the error itself, the others a copy of its kind.
             flight.fail(connection, error.take().unwrap_or(WireError::Closed));
             arrived(sender, Arrival { landed: flight.landed(), replication_unconfirmed: false, connection_fit: false });

@@ -93,12 +93,14 @@ impl ConnectionManager {
     }
 
     /// Statements every new connection runs once, before its first batch (and again
-    /// after pgbatch resets a session a batch may have changed): session settings such as
+    /// after each reset of its session, in the same segment as the unit the reset comes
+    /// before): session settings such as
     /// `SET disallow_full_table_scans = on` on CockroachDB, or `SET statement_timeout =
     /// '5s'`. Nothing is sent for them when there are none.
     ///
     /// A statement that fails makes the connection attempt fail with
-    /// [`ConnectError::Server`].
+    /// [`ConnectError::Server`]; after a reset, it makes the server skip the unit behind it
+    /// ([`Error::SessionReset`](crate::Error::SessionReset)).
     #[must_use]
     pub fn session_setup<S: Into<String>>(mut self, statements: impl IntoIterator<Item = S>) -> Self {
         Arc::make_mut(&mut self.session).setup = statements.into_iter().map(Into::into).collect();
@@ -114,9 +116,9 @@ impl ConnectionManager {
         self
     }
 
-    /// When the sessions of this pool's connections are reset; by default after every
-    /// batch, so that no session state outlives a batch. See [`SessionReset`] for what the
-    /// faster [`SessionReset::WhenRecognised`] gives up.
+    /// When the sessions of this pool's connections are reset; by default whenever a
+    /// connection changes hands after being used, so that no holder sees what another left.
+    /// See [`SessionReset`] for what [`SessionReset::WhenRecognised`] gives up.
     #[must_use]
     pub fn session_reset(mut self, reset: SessionReset) -> Self {
         Arc::make_mut(&mut self.session).reset = reset;
@@ -146,7 +148,10 @@ impl bb8::ManageConnection for ConnectionManager {
         fit_to_lend(connection)
     }
 
+    /// Called as the pool takes a connection back: its holder's time with the session ends
+    /// here, so the next holder's first unit resets it.
     fn has_broken(&self, connection: &mut Connection) -> bool {
+        connection.hand_over();
         fit_to_lend(connection).is_err()
     }
 }

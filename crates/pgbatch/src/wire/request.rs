@@ -3,27 +3,29 @@
 //!
 //! ```text
 //! client                                                     server
-//!   |-- [ROLLBACK, if pgbatch left a transaction behind]  -->|
-//!   |-- [DISCARD ALL, setup..., if a reset is still due]  -->|
-//!   |-- Parse/Bind/Describe/Execute s, Sync  (or Query)   -->|  the caller's request
-//!   |-- DISCARD ALL, setup...  (when it ends idle)        -->|  no session state survives
+//!   |-- [prelude: ROLLBACK, the session reset, when due]  -->|
+//!   |-- Parse/Bind/Describe/Execute s, Sync               -->|  the caller's request
 //!   |<-- answers, in the same order -------------------------|
 //! ```
 //!
-//! The session reset follows in the same write only when the request is known to end
-//! outside any transaction (see [`Boundary`]): `DISCARD ALL` inside a transaction block
-//! would fail and abort the caller's transaction. A request that leaves a transaction open
-//! marks it as the caller's, which batches then join and never end.
+//! The session is the holder's between its requests (a `SET`, a temporary table, `LISTEN`
+//! stay for its next query, as on `AsyncPgConnection`); it is reset before the first request
+//! of the next holder, in that request's own segment, so that the request never runs when
+//! the reset fails. SQL text that holds one statement is sent as an extended-protocol step
+//! when a prelude is due, to share its segment; text of several statements cannot share one,
+//! and waits for the prelude's answer first (a round trip of its own, only then). A request
+//! that leaves a transaction open marks it as the caller's, which batches then join and
+//! never end.
 
 use postgres_protocol::message::frontend;
 
 use super::collect::{Answers, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
-use super::sql::ROLLBACK;
+use super::prelude::Prelude;
 use super::step::step;
 use super::types::WireBinds;
-use crate::codec::{Boundary, Statement, boundary};
+use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
 
 impl Connection {
@@ -35,7 +37,8 @@ impl Connection {
         let binds = WireBinds::new(self, statement);
         let (oids, values) = binds.get();
         let text = &statement.sql.text;
-        self.send(boundary(text), |buf| {
+        let prelude = self.prelude(true);
+        self.send(prelude, |buf| {
             step(buf, text, oids, values, true)?;
             frontend::sync(buf);
             Ok(())
@@ -48,10 +51,22 @@ impl Connection {
     /// failed) fails with `25P02`, as no error from the server would say.
     pub(crate) async fn simple_request(&mut self, sql: &str) -> Result<Answers, NotSent> {
         self.ready().await?;
-        let boundary = boundary(sql);
         let commits_a_failed_transaction =
-            self.status() == TxStatus::Failed && boundary == (Boundary::Ends { commits: true });
-        let mut answers = self.send(boundary, |buf| frontend::query(sql, buf)).await?;
+            self.status() == TxStatus::Failed && boundary(sql) == (Boundary::Ends { commits: true });
+        let prelude = self.prelude(true);
+        let mut answers = if prelude == Prelude::NONE {
+            self.send(prelude, |buf| frontend::query(sql, buf)).await?
+        } else if is_one_statement(sql) {
+            self.send(prelude, |buf| {
+                step(buf, sql, &[], &[], true)?;
+                frontend::sync(buf);
+                Ok(())
+            })
+            .await?
+        } else {
+            self.make_ready(prelude).await?;
+            self.send(Prelude::NONE, |buf| frontend::query(sql, buf)).await?
+        };
         if commits_a_failed_transaction && matches!(answers.ending, Ending::Done) {
             let error = ServerError::synthetic(
                 SqlState::IN_FAILED_SQL_TRANSACTION,
@@ -62,62 +77,45 @@ impl Connection {
         Ok(answers)
     }
 
-    /// Sends the request `queue_request` writes, with what must come before it and the
-    /// session reset after it when its `boundary` says it ends outside any transaction, in
-    /// one write; collects the request's answers.
+    /// Runs `prelude` alone, in a round trip of its own; fails with nothing of the caller's
+    /// sent when a step of it fails.
+    async fn make_ready(&mut self, prelude: Prelude) -> Result<(), NotSent> {
+        let answers = self
+            .send(prelude, |buf| {
+                frontend::sync(buf);
+                Ok(())
+            })
+            .await?;
+        match answers.ending {
+            Ending::Lost { error, .. } => Err(NotSent::Wire(error)),
+            // A failed prelude is already `NotSent`; nothing else ran.
+            Ending::Done | Ending::Failed { .. } => Ok(()),
+        }
+    }
+
+    /// Sends `prelude` and the request `queue_request` writes in one write, and collects the
+    /// request's answers; gives the session up when the prelude could not clear it.
     async fn send(
         &mut self,
-        boundary: Boundary,
+        prelude: Prelude,
         queue_request: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>,
     ) -> Result<Answers, NotSent> {
-        // A transaction pgbatch left behind (a cancel landed on its closing ROLLBACK) is
-        // ended first; one the caller opened is the caller's.
-        let recover = self.status() != TxStatus::Idle && !self.in_caller_transaction();
-        let idle_before = recover || self.status() == TxStatus::Idle;
-        let dirties = self.resets_after_every_batch();
-        let ends_idle = match boundary {
-            Boundary::Keeps => idle_before,
-            Boundary::Ends { .. } => true,
-            Boundary::Other => false,
-        };
-        let reset_first = idle_before && self.is_dirty();
-        let reset_after = ends_idle && (dirties || (self.is_dirty() && !reset_first));
+        let session = std::sync::Arc::clone(self.session());
         let start = self.io().queue().len();
-        let mut units = (0, 0);
-        let queued = (|| {
-            if recover {
-                frontend::query(ROLLBACK, self.io().queue())?;
-            }
-            if reset_first {
-                units.0 = self.queue_reset()?;
-            }
-            queue_request(self.io().queue())?;
-            if reset_after {
-                units.1 = self.queue_reset()?;
-            }
-            Ok::<_, std::io::Error>(())
-        })();
-        if let Err(error) = queued {
+        let buf = self.io().queue();
+        if let Err(error) = prelude.queue(buf, &session.setup).and_then(|()| queue_request(buf)) {
             // Nothing of it is sent: the connection stays as it was.
-            self.io().queue().truncate(start);
+            buf.truncate(start);
             return Err(NotSent::Encode { index: 0, error });
         }
         let mut flight = Flight::new();
-        if recover {
-            flight.push(self, Unit::Discard);
-        }
-        (0..units.0).for_each(|_| flight.push(self, Unit::Reset));
         // One statement, or as many as a simple query holds: each completion is an output.
-        flight.push(self, Unit::Collect(Collector::new(0, usize::MAX, 0, None)));
-        (0..units.1).for_each(|_| flight.push(self, Unit::Reset));
-        if dirties {
-            self.set_dirty(true);
-        }
+        flight.push(self, Unit::Collect(Collector::new(0, usize::MAX, 0, None).after(prelude)));
+        self.note_use(false);
         let mut landed = flight.land(self).await;
-        if landed.reset_done {
-            self.set_dirty(false);
-        }
+        let answers = landed.answers.pop().expect("the request's unit is collected");
+        let answers = self.after_prelude(prelude, answers).await;
         self.note_caller_request();
-        Ok(landed.answers.pop().expect("the request's unit is collected"))
+        answers
     }
 }

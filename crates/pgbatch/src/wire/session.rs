@@ -11,8 +11,8 @@ use crate::plan::{Observer, RetryPolicy};
 pub(crate) struct Session {
     /// The retry policy of batches that set none.
     pub(crate) retry: RetryPolicy,
-    /// Statements run once when a connection is made, and again after its session is
-    /// reset.
+    /// Statements run once when a connection is made, and again after each reset of its
+    /// session.
     pub(crate) setup: Vec<String>,
     /// Hears of every statement of every run.
     pub(crate) observer: Option<Arc<dyn Observer>>,
@@ -21,31 +21,45 @@ pub(crate) struct Session {
 }
 
 /// When pgbatch resets a connection's session (`DISCARD ALL`, then the session setup
-/// again), so that nothing a batch did to the session reaches the next batch.
+/// again), so that nothing one holder of the connection left in it reaches the next.
 ///
-/// The default, [`AfterEveryBatch`](Self::AfterEveryBatch), is the guarantee: no session
-/// state outlives a batch, whatever route its statements took to change it (a `DO` block,
-/// a function, a trigger or a view that calls `set_config`, `SELECT ... INTO TEMP`, a
-/// session advisory lock taken inside a function, ...). The reset travels in the same
-/// write as the batch, so it costs no round trip; it costs the server the work of
+/// A session is its holder's: a pool checkout, a bare connection, one batch on a
+/// [`Multiplexed`](crate::Multiplexed) client. What the holder's statements change (a `SET`,
+/// a temporary table, `LISTEN`, a session advisory lock) stays for its next request, as on
+/// `AsyncPgConnection`. When the connection changes hands after being used, the next
+/// holder's first unit resets it, in the same write and the same `Sync` segment as the unit
+/// itself, so that a reset that fails (a `statement_timeout`, a cancel request, a lock)
+/// makes the server skip the unit: nothing ever runs on a session the reset did not clear
+/// (see [`Error::SessionReset`](crate::Error::SessionReset)). Behind a pooler (a connection
+/// without a [backend of its own](crate::Connection::has_own_backend)) every unit that
+/// starts outside a transaction may land on a server session another client just left, so
+/// every such unit is reset: a holder keeps only what lives inside one transaction.
+///
+/// The default, [`BetweenHolders`](Self::BetweenHolders), is the guarantee, whatever route
+/// a statement took to change the session (a `DO` block, a function, a trigger or a view
+/// that calls `set_config`, `SELECT ... INTO TEMP`, a session advisory lock taken inside a
+/// function, ...). The reset costs no round trip; it costs the server the work of
 /// `DISCARD ALL` (see `docs/benchmarks.md`) and drops plans cached by PL/pgSQL functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SessionReset {
-    /// Reset after every batch that ran statements (the default).
+    /// Reset when the connection changes hands after its holder ran anything on it (the
+    /// default).
     #[default]
-    AfterEveryBatch,
-    /// Reset only after a batch with a statement pgbatch *recognises* as changing the
-    /// session (a call of `set_config`, a session advisory lock, `dblink_connect` written
-    /// in the statement itself); plain `SET`, `LISTEN`, `PREPARE` and temporary tables
-    /// without `ON COMMIT DROP` are refused either way.
+    BetweenHolders,
+    /// Reset when the connection changes hands only after a statement pgbatch
+    /// *recognises* as changing the session (a call of `set_config`, a session advisory
+    /// lock, `dblink_connect` written in the statement itself); in batches, plain `SET`,
+    /// `LISTEN`, `PREPARE` and temporary tables without `ON COMMIT DROP` are refused either
+    /// way. Behind a pooler, the same test decides for each unit.
     ///
     /// For trusted SQL only. It gives up the guarantee for every route the recognition
     /// does not see: session state set inside a `DO` block, a function, a procedure, a
     /// trigger or a view; `UPDATE pg_settings`; quoted or escaped function names;
     /// `SELECT ... INTO TEMP` and temporary objects created through `pg_temp.`; role
-    /// changes made inside functions. Such state stays on the connection for the next
-    /// batch, and through PgBouncer for another client.
+    /// changes made inside functions; and whatever a diesel-async query does. Such state
+    /// stays on the connection for the next holder, and through PgBouncer for another
+    /// client.
     WhenRecognised,
 }
 

@@ -5,7 +5,10 @@
 /// The end of every batch, and what makes sure of it.
 pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
-/// The session reset after a batch; the session setup runs again after it.
+/// Leaves a session a pooler would hand on inside a transaction, so that the pooler closes
+/// it when the client goes.
+pub(crate) const BEGIN: &str = "BEGIN";
+/// The session reset before a unit that needs one; the session setup runs again after it.
 pub(crate) const DISCARD: &str = "DISCARD ALL";
 
 /// The SQL of the restart protocol; CockroachDB gives this savepoint name its meaning.
@@ -28,7 +31,7 @@ mod tests {
     #[test]
     fn the_sql_around_a_batch_uses_listed_constructs_only() {
         for sql in
-            [COMMIT, ROLLBACK, DISCARD, SAVEPOINT, RELEASE, ROLLBACK_TO, NESTED_SAVEPOINT, NESTED_RELEASE, NESTED_UNDO]
+            [COMMIT, ROLLBACK, BEGIN, DISCARD, SAVEPOINT, RELEASE, ROLLBACK_TO, NESTED_SAVEPOINT, NESTED_RELEASE, NESTED_UNDO]
         {
             crate::codec::constructs::assert_allowed(sql, &[]);
         }

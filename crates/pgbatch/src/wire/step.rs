@@ -9,6 +9,7 @@ use postgres_protocol::message::frontend;
 use super::collect::Collector;
 use super::connection::Connection;
 use super::flight::{Flight, Unit};
+use super::prelude::Prelude;
 
 /// Queues one extended-protocol step: an unnamed statement with binary binds and binary
 /// results, described when it may return rows.
@@ -63,15 +64,27 @@ pub(crate) fn queue_read(
     sql: &str,
     binds: &[&str],
 ) -> std::io::Result<()> {
+    queue_read_after(connection, flight, Prelude::NONE, sql, binds)
+}
+
+/// [`queue_read`] after `prelude`, in the same segment.
+pub(crate) fn queue_read_after(
+    connection: &mut Connection,
+    flight: &mut Flight,
+    prelude: Prelude,
+    sql: &str,
+    binds: &[&str],
+) -> std::io::Result<()> {
     let oids = vec![TEXT_OID; binds.len()];
     let values: Vec<Option<Vec<u8>>> = binds.iter().map(|bind| Some(bind.as_bytes().to_vec())).collect();
+    let session = std::sync::Arc::clone(connection.session());
     let buf = connection.io().queue();
     let start = buf.len();
-    if let Err(error) = step(buf, sql, &oids, &values, true) {
+    if let Err(error) = prelude.queue(buf, &session.setup).and_then(|()| step(buf, sql, &oids, &values, true)) {
         buf.truncate(start);
         return Err(error);
     }
     frontend::sync(buf);
-    flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None)));
+    flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None).after(prelude)));
     Ok(())
 }

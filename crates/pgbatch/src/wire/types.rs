@@ -3,13 +3,15 @@
 //! Each unknown type is one unit of its own (an unnamed statement and a `Sync`), all of
 //! them in one write: one round trip for any number of types, no named statements (so a
 //! transaction-pooling PgBouncer cannot split them), and a missing type fails only its own
-//! lookup. Result columns of custom types need no lookup: rows arrive in binary with their
+//! lookup. Each lookup runs after the connection's [prelude](super::prelude) when one is
+//! due: a type an earlier holder created in its temporary schema must not be taken for the
+//! one the batch means. Result columns of custom types need no lookup: rows arrive in binary with their
 //! OIDs, and Diesel decodes them from the bytes.
 
 use super::collect::{Ending, NotSent};
 use super::connection::Connection;
 use super::flight::Flight;
-use super::step::queue_read;
+use super::step::queue_read_after;
 use crate::codec::{Statement, TypeName};
 use crate::error::{BuildError, WireError};
 
@@ -32,17 +34,19 @@ pub(crate) async fn resolve(connection: &mut Connection, statements: &[&Statemen
     if unknown.is_empty() {
         return Ok(());
     }
+    let prelude = connection.prelude(true);
     let mut flight = Flight::new();
     for name in &unknown {
         let (sql, binds): (&str, Vec<&str>) = match &name.schema {
             Some(schema) => (QUALIFIED, vec![&name.name, schema]),
             None => (VISIBLE, vec![&name.name]),
         };
-        queue_read(connection, &mut flight, sql, &binds)
+        queue_read_after(connection, &mut flight, prelude, sql, &binds)
             .map_err(|error| NotSent::Wire(WireError::Protocol(format!("looking up type {name}: {error}"))))?;
     }
     let answers = flight.land(connection).await.answers;
     for (name, answer) in unknown.into_iter().zip(answers) {
+        let answer = connection.after_prelude(prelude, answer).await?;
         match answer.ending {
             Ending::Done => {}
             Ending::Failed { error, .. } => {

@@ -1,0 +1,92 @@
+//! What a unit runs first, in its own `Sync` segment, so that it starts on a session known
+//! to be clean: `ROLLBACK` of a transaction an earlier unit left, and the session reset.
+//!
+//! ```text
+//! client                                                     server
+//!   |-- [ROLLBACK]                                        -->|  a transaction left behind
+//!   |-- [DISCARD ALL, <session setup>..., COMMIT | ""]    -->|  the reset, when due
+//!   |-- BEGIN, s1 ... sN, COMMIT, Sync                    -->|  the unit itself
+//!   |<-- ... every step answered, or an error, Ready --------|
+//! ```
+//!
+//! Because the prelude and the unit share one `Sync`, a prelude step that fails (a
+//! `statement_timeout`, a cancel request, a lock) makes the server skip everything after it
+//! up to the `Sync`: the unit never runs on a session the reset did not clear. Nothing else
+//! is trusted: not the reset after the previous unit, not a pooler's.
+//!
+//! `DISCARD ALL` must be the first statement of its transaction; as the first of the
+//! segment (or after `ROLLBACK`) it is, and it commits at once, so a unit that fails later
+//! cannot undo it. The session setup that follows is committed by the closing `COMMIT`
+//! before the unit's `BEGIN`, for the same reason.
+//!
+//! PostgreSQL holds over a `statement_timeout` or cancel that arrives while `DISCARD ALL`
+//! cannot be interrupted, and delivers it to the next statement. The reset therefore always
+//! ends with a step of its own (`COMMIT` after a setup, otherwise an empty query), which
+//! absorbs such a cancel: it is reported as the reset's, never as a failure of the unit.
+
+use super::sql::{COMMIT, DISCARD, ROLLBACK};
+use super::step::step;
+
+/// The empty query that ends a reset without a setup: the cheapest statement that takes a
+/// held-over cancel.
+const ABSORB: &str = "";
+
+/// What runs before a unit's own steps, in the same segment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Prelude {
+    /// `ROLLBACK`: a transaction an earlier unit of pgbatch's left open (its closing
+    /// `ROLLBACK` was cancelled, or its answers are not known yet).
+    pub(crate) rollback: bool,
+    /// The session reset: `DISCARD ALL`, the session setup, and the closing step.
+    pub(crate) reset: bool,
+    /// How many session setup statements the reset runs.
+    pub(crate) setup: usize,
+}
+
+impl Prelude {
+    /// Nothing before the unit.
+    pub(crate) const NONE: Prelude = Prelude { rollback: false, reset: false, setup: 0 };
+
+    /// How many steps the prelude sends.
+    pub(crate) fn steps(self) -> usize {
+        usize::from(self.rollback) + if self.reset { self.setup + 2 } else { 0 }
+    }
+
+    /// The index of the `DISCARD ALL` step, when there is one: once it has answered, the
+    /// session holds nothing of an earlier holder.
+    pub(crate) fn discard_step(self) -> Option<usize> {
+        self.reset.then_some(usize::from(self.rollback))
+    }
+
+    /// Queues the prelude's steps into `buf`, with the session's `setup`.
+    pub(crate) fn queue(self, buf: &mut bytes::BytesMut, setup: &[String]) -> std::io::Result<()> {
+        debug_assert!(!self.reset || setup.len() == self.setup);
+        if self.rollback {
+            step(buf, ROLLBACK, &[], &[], false)?;
+        }
+        if self.reset {
+            step(buf, DISCARD, &[], &[], false)?;
+            for sql in setup {
+                // Described: a setup statement may return a row (`SELECT set_config(..)`).
+                step(buf, sql, &[], &[], true)?;
+            }
+            let close = if setup.is_empty() { ABSORB } else { COMMIT };
+            step(buf, close, &[], &[], false)?;
+        }
+        Ok(())
+    }
+}
+
+/// What became of a prelude, read from the unit's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PreludeOutcome {
+    /// There was none, or every step of it answered: the unit started on a clean session.
+    Done,
+    /// A step failed, so the server skipped the unit. `cleared` says whether `DISCARD ALL`
+    /// had completed before (only the setup failed, or a cancel the reset drew was
+    /// delivered late): the session then holds nothing of an earlier holder, but the reset
+    /// is still due.
+    Failed { cleared: bool },
+    /// The connection failed before the prelude had answered.
+    Unknown,
+}
