@@ -27,6 +27,55 @@ async fn a_server_that_accepts_but_never_answers_times_out() {
     accepting.abort();
 }
 
+/// A server that accepts TCP and never answers; the listener task holds the sockets.
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    (port, accepting)
+}
+
+/// libpq waits forever for a server that accepts and never answers when no
+/// `connect_timeout` is set; pgbatch gives up after its default of 10 s.
+#[tokio::test]
+async fn without_a_connect_timeout_a_server_that_never_answers_fails_within_the_default() {
+    let (port, accepting) = silent_server().await;
+    let started = Instant::now();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let result = tokio::time::timeout(Duration::from_secs(30), Connection::connect(&url)).await;
+    let err = result.expect("bounded by the default connect timeout").expect_err("no answer, no connection");
+    assert!(matches!(err, ConnectError::Timeout { after, .. } if after == Duration::from_secs(10)), "{err}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(12), "{waited:?}");
+    accepting.abort();
+}
+
+/// A pool's checkout answers within the pool's own `connection_timeout`, also when it looks
+/// for the reason connections cannot be opened.
+#[tokio::test]
+async fn a_checkout_from_a_pool_whose_server_never_answers_fails_within_the_pools_timeout() {
+    let (port, accepting) = silent_server().await;
+    let mut config = tokio_postgres::Config::new();
+    config.host("127.0.0.1").port(port).user("postgres").dbname("postgres");
+    let pool = bb8::Pool::builder()
+        .max_size(1)
+        .connection_timeout(Duration::from_secs(3))
+        .build_unchecked(pgbatch::ConnectionManager::new(config));
+    let started = Instant::now();
+    let mut batch = Batch::new();
+    batch.push(diesel::sql_query("SELECT 1"));
+    let err = batch.run(&pool).await.expect_err("no connection");
+    let waited = started.elapsed();
+    assert!(matches!(err, Error::Pool(PoolError::TimedOut { .. })), "{err}");
+    assert!(waited < Duration::from_millis(3_500), "the pool's 3 s timeout, not more: {waited:?}");
+    accepting.abort();
+}
+
 async fn pool_to(config: tokio_postgres::Config) -> Pool {
     bb8::Pool::builder()
         .max_size(1)

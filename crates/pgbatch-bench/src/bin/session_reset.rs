@@ -1,9 +1,11 @@
-//! What the session reset after every batch costs: C1 and S1 batches with
-//! [`SessionReset::BetweenHolders`] (the default) against [`SessionReset::WhenRecognised`]
-//! (the reset only after recognised session functions, as before it was the default),
-//! interleaved sample by sample on two connections, at 0 ms and 10 ms added RTT, and through
-//! PgBouncer in transaction mode when one answers; then C1 throughput at 0 ms on 4
-//! connections, the two modes alternating.
+//! What the session reset between holders costs: C1 and S1 batches run on a pool, each run a
+//! checkout of its own and so a new holder whose first unit resets the session
+//! ([`SessionReset::BetweenHolders`], the default: `DISCARD ALL` written in the unit's own
+//! segment), against the same pool with [`SessionReset::WhenRecognised`] (no reset at all for
+//! these workloads, which call no session function). Latency interleaved sample by sample on
+//! two pools of one connection, at 0 ms and 10 ms added RTT, and through PgBouncer in
+//! transaction mode when one answers; then C1 throughput at 0 ms on pools of 4 connections,
+//! the two modes alternating in windows.
 //!
 //! ```sh
 //! .ci/pgbouncer transaction   # optional: adds the PgBouncer rows
@@ -15,7 +17,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use pgbatch::{Connection, SessionReset};
+use pgbatch::{Connection, ConnectionManager, Pool, SessionReset};
 use pgbatch_bench::workload::{EXTRA_SCHEMA, Workload};
 use pgbatch_bench::{SESSION_RESET_SECTION, Setup, main_with_pgbouncer_port, quantile, write_section};
 use pgbatch_scenarios::seed::{Quotas, seed};
@@ -25,6 +27,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const MODES: [SessionReset; 2] = [SessionReset::BetweenHolders, SessionReset::WhenRecognised];
 const THROUGHPUT_CONNECTIONS: usize = 4;
+/// Callers per connection in the throughput windows: enough that a connection never waits
+/// for a caller.
+const CALLERS_PER_CONNECTION: usize = 2;
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(2);
 const THROUGHPUT_ROUNDS: usize = 3;
 
@@ -32,22 +37,24 @@ fn quotas() -> Quotas {
     Quotas { cpus: i64::MAX / 4, ram: i64::MAX / 4, storage: i64::MAX / 4 }
 }
 
-async fn timed_batch(
-    connection: &mut Connection,
-    workload: Workload,
-    silo: Uuid,
-    round: i64,
-) -> Result<Duration, BoxError> {
+async fn timed_batch(pool: &Pool, workload: Workload, silo: Uuid, round: i64) -> Result<Duration, BoxError> {
     let mut batch = pgbatch::Batch::new();
     for statement in workload.statements(silo, round) {
         statement.push_to(&mut batch);
     }
     let started = Instant::now();
-    batch.run(connection).await?;
+    // A checkout of its own: a new holder, whose first unit resets the session.
+    batch.run(pool).await?;
     Ok(started.elapsed())
 }
 
-/// Median latencies of `workload` in each mode, interleaved: one connection per mode.
+async fn pool_of(config: &tokio_postgres::Config, mode: SessionReset, size: u32) -> Result<Pool, BoxError> {
+    let manager = ConnectionManager::new(config.clone()).session_reset(mode);
+    Ok(bb8::Pool::builder().max_size(size).min_idle(Some(size)).build(manager).await?)
+}
+
+/// Median latencies of `workload` in each mode, interleaved: one pool of one connection per
+/// mode.
 async fn medians(
     config: &tokio_postgres::Config,
     workload: Workload,
@@ -55,16 +62,14 @@ async fn medians(
     warmup: usize,
     samples: usize,
 ) -> Result<[Duration; 2], BoxError> {
-    let mut connections = Vec::new();
+    let mut pools = Vec::new();
     for mode in MODES {
-        let mut connection = Connection::connect_with(config).await?;
-        connection.set_session_reset(mode);
-        connections.push(connection);
+        pools.push(pool_of(config, mode, 1).await?);
     }
     let mut latencies = [Vec::new(), Vec::new()];
     for sample in 0..warmup + samples {
-        for (connection, latencies) in connections.iter_mut().zip(&mut latencies) {
-            let latency = timed_batch(connection, workload, silo, sample as i64).await?;
+        for (pool, latencies) in pools.iter().zip(&mut latencies) {
+            let latency = timed_batch(pool, workload, silo, sample as i64).await?;
             if sample >= warmup {
                 latencies.push(latency);
             }
@@ -73,25 +78,28 @@ async fn medians(
     Ok([quantile(&latencies[0], 0.5), quantile(&latencies[1], 0.5)])
 }
 
-/// C1 batches per second on [`THROUGHPUT_CONNECTIONS`] connections, each on a silo of its
-/// own, in each mode; the modes alternate in windows so that machine noise hits both.
+/// C1 batches per second on a pool of [`THROUGHPUT_CONNECTIONS`] connections, callers on
+/// silos of their own, in each mode; the modes alternate in windows so that machine noise
+/// hits both.
 async fn throughput(config: &tokio_postgres::Config, silos: &[Uuid]) -> Result<[f64; 2], BoxError> {
     let mut committed = [0u64; 2];
     let mut elapsed = [Duration::ZERO; 2];
+    let mut pools = Vec::new();
+    for mode in MODES {
+        pools.push(pool_of(config, mode, THROUGHPUT_CONNECTIONS as u32).await?);
+    }
     for _ in 0..THROUGHPUT_ROUNDS {
-        for (index, mode) in MODES.into_iter().enumerate() {
+        for (index, pool) in pools.iter().enumerate() {
             let started = Instant::now();
             let mut tasks = Vec::new();
-            for &silo in silos {
-                let config = config.clone();
+            for caller in 0..THROUGHPUT_CONNECTIONS * CALLERS_PER_CONNECTION {
+                let (pool, silo) = (pool.clone(), silos[caller % silos.len()]);
                 tasks.push(tokio::spawn(async move {
-                    let mut connection = Connection::connect_with(&config).await?;
-                    connection.set_session_reset(mode);
                     let (mut count, mut round) = (0u64, 0);
                     let window = Instant::now();
                     while window.elapsed() < THROUGHPUT_WINDOW {
                         round += 1;
-                        timed_batch(&mut connection, Workload::CreateProject, silo, round).await?;
+                        timed_batch(&pool, Workload::CreateProject, silo, round).await?;
                         count += 1;
                     }
                     Ok::<_, BoxError>(count)
@@ -118,8 +126,10 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
     pgbouncer.host("127.0.0.1").port(pgbouncer_port).user("postgres").dbname(setup.db.name());
     let pgbouncer_answers = Connection::connect_with(&pgbouncer).await.is_ok();
     let mut paths = vec![("direct, 0 ms", setup.db.config().clone(), 50, 1_000)];
+    let mut throughput_paths = vec![("direct", setup.db.config().clone())];
     if pgbouncer_answers {
-        paths.push(("PgBouncer (transaction mode), 0 ms", pgbouncer, 50, 1_000));
+        paths.push(("PgBouncer (transaction mode), 0 ms", pgbouncer.clone(), 50, 1_000));
+        throughput_paths.push(("PgBouncer, transaction mode", pgbouncer));
     } else {
         eprintln!("session_reset: no PgBouncer on port {pgbouncer_port}; its rows are left out");
     }
@@ -127,7 +137,7 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
 
     let ms = |latency: Duration| latency.as_secs_f64() * 1e3;
     let mut table = String::from(
-        "| path | workload | reset after every batch, median ms | reset when recognised, median ms | added ms |\n\
+        "| path | workload | reset between holders, median ms | no reset, median ms | added ms |\n\
          |---|---|---|---|---|\n",
     );
     for (path, config, warmup, samples) in &paths {
@@ -143,21 +153,26 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
             table.push_str(&row);
         }
     }
-    let [always, recognised] = throughput(setup.db.config(), &silos).await?;
-    let summary = format!(
-        "C1 throughput at 0 ms on {THROUGHPUT_CONNECTIONS} connections: {always:.0} batches/s with the reset after \
-         every batch, {recognised:.0} with the reset when recognised ({:.2}×).",
-        always / recognised
-    );
-    println!("{summary}");
+    let mut summary = String::new();
+    for (path, config) in throughput_paths {
+        let [always, never] = throughput(&config, &silos).await?;
+        let line = format!(
+            "C1 throughput at 0 ms on a pool of {THROUGHPUT_CONNECTIONS} connections ({path}), every batch a new \
+             holder: {always:.0} batches/s with the reset between holders, {never:.0} without a reset ({:.2}×).\n",
+            always / never
+        );
+        print!("{line}");
+        summary.push_str(&line);
+    }
     let body = format!(
         "## The session reset\n\n\
          Generated by `.ci/pgbouncer transaction && cargo run --release -p pgbatch-bench --bin session_reset`. \
-         Every batch is followed, in the same write, by `DISCARD ALL` (and the session setup, none here); the \
-         opt-out `SessionReset::WhenRecognised` resets only after recognised session functions, which is what \
-         every batch did before the reset became the default. Two connections, one per mode, interleaved sample \
-         by sample; the added milliseconds at 0 ms are the server's work on the reset plus one more \
-         `ReadyForQuery` to read.\n\n{table}\n{summary}\n"
+         Every batch runs on a pool as a checkout of its own, so each is a new holder whose first unit resets \
+         the session: `DISCARD ALL` and an empty query that takes a cancel the reset may draw, written before \
+         `BEGIN` in the batch's own `Sync` segment (`SessionReset::BetweenHolders`, the default). Against the \
+         same pool with `SessionReset::WhenRecognised`, which resets nothing for these workloads. Two pools of \
+         one connection, one per mode, interleaved sample by sample; the added milliseconds at 0 ms are the \
+         server's work on the reset.\n\n{table}\n{summary}"
     );
     write_section(SESSION_RESET_SECTION, &body)?;
     Ok(())

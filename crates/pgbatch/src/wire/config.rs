@@ -162,10 +162,10 @@ pub(crate) const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// | `keepalives_interval` | 10 s | then every 10 s |
 /// | `keepalives_retries` | 3 | and dropped when they go unanswered (on Linux, once nothing has been acknowledged for `tcp_user_timeout`): within about 90 s |
 /// | `tcp_user_timeout` | 60 s (Linux) | a connection whose writes go unacknowledged for 60 s is dropped |
+/// | `connect_timeout` | 10 s, per host | a host that accepts TCP but never answers fails the attempt (libpq waits forever) |
 ///
 /// A value set in the URL (or on the `tokio_postgres::Config`) is kept; `keepalives=0`
-/// turns keepalives off. `connect_timeout` is per host; a [`ConnectionManager`] sets 10 s
-/// where none is given. A pool should also replace its connections from time to time, see
+/// turns keepalives off. A pool should also replace its connections from time to time, see
 /// [`ConnectionManager`].
 ///
 /// ```

@@ -34,10 +34,13 @@ pub(crate) enum TxStatus {
 /// PostgreSQL sends it untranslated only with `lc_messages` in English (`C`, `en_*`).
 const SYNC_REPLICATION_CANCELLED: &str = "canceling wait for synchronous replication";
 
-/// How long a dropped connection may take to read the answers still due before it is
-/// closed and its backend, if it may still hold a transaction, is ended: long enough for a
-/// batch that was sent whole to finish on the server, short enough that an orphan's locks
-/// are not held for long.
+/// How long a dropped connection with answers due waits for the next of them before it
+/// takes its backend for an orphan (a backend whose caller is gone: waiting for the rest of
+/// a stalled pipeline, or running statements nobody will read), closes the connection and
+/// ends the backend from another one. An orphan holds its row locks for nothing.
+const QUIET_ON_DROP: Duration = Duration::from_millis(250);
+
+/// The longest a dropped connection keeps reading answers that do keep arriving.
 const DRAIN_ON_DROP: Duration = Duration::from_secs(10);
 
 /// How long giving up a session behind a pooler waits for its `BEGIN` to be answered.
@@ -495,10 +498,10 @@ impl Drop for Connection {
             }
             return;
         };
-        // Answers still due: let the server finish what it was sent (a batch sent whole
-        // runs whole), then close; if they do not come, end the backend, which may be
-        // waiting for the rest of a pipeline inside its transaction. Otherwise say goodbye;
-        // closing is what matters.
+        // Answers still due: read them while they keep arriving, then close; once none has
+        // come for a moment, end the backend, which may be waiting for the rest of a
+        // pipeline inside its transaction, holding its locks. Otherwise say goodbye; closing
+        // is what matters.
         let mut goodbye = BytesMut::new();
         frontend::terminate(&mut goodbye);
         if pending == 0 && !io.has_unwritten() {
@@ -509,10 +512,12 @@ impl Drop for Connection {
         let Ok(runtime) = runtime else { return };
         runtime.spawn(async move {
             let drained = tokio::time::timeout(DRAIN_ON_DROP, async {
-                io.write_all().await?;
+                let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing arrived");
+                tokio::time::timeout(QUIET_ON_DROP, io.write_all()).await.map_err(|_| stalled())??;
                 let mut due = pending;
                 while due > 0 {
-                    if let Message::ReadyForQuery(_) = io.read_message().await? {
+                    let message = tokio::time::timeout(QUIET_ON_DROP, io.read_message()).await;
+                    if let Message::ReadyForQuery(_) = message.map_err(|_| stalled())?? {
                         due -= 1;
                     }
                 }

@@ -2,7 +2,6 @@
 
 use std::ops::DerefMut;
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::config::Config;
 use super::connection::Connection;
@@ -10,12 +9,6 @@ use super::session::{Session, SessionReset};
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
 
-/// The connect timeout of a pool's connections when the configuration sets none: a server
-/// that accepts TCP but never answers must not hold a pool slot forever.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long a timed-out checkout may spend finding out why connections cannot be opened.
-const DIAGNOSIS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bb8 pool of pgbatch connections: what a service keeps and runs batches on.
 pub type Pool = bb8::Pool<ConnectionManager>;
@@ -57,8 +50,7 @@ pub type Pool = bb8::Pool<ConnectionManager>;
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::time::Duration;
-/// let url = "postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write&connect_timeout=2";
+/// /// let url = "postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write&connect_timeout=2";
 /// let pool = bb8::Pool::builder()
 ///     .max_size(8)
 ///     .max_lifetime(Some(Duration::from_secs(5 * 60)))
@@ -78,11 +70,7 @@ impl ConnectionManager {
     /// A manager that connects as `config` says (a `tokio_postgres::Config` converts into
     /// a [`Config`]). Without a `connect_timeout` in it, connections time out after 10 s.
     pub fn new(config: impl Into<Config>) -> Self {
-        let mut config = config.into();
-        if config.postgres().get_connect_timeout().is_none() {
-            config.postgres_mut().connect_timeout(DEFAULT_CONNECT_TIMEOUT);
-        }
-        ConnectionManager { config, session: Arc::new(Session::default()) }
+        ConnectionManager { config: config.into(), session: Arc::new(Session::default()) }
     }
 
     /// The retry policy of batches run on this pool's connections that set none.
@@ -217,20 +205,34 @@ impl<'c> Acquire for &'c mut Connection {
 impl<'p> Acquire for &'p Pool {
     type Lease = bb8::PooledConnection<'p, ConnectionManager>;
 
+    /// Within the pool's `connection_timeout`, whatever happens: a slow checkout on a pool
+    /// that is still opening connections makes one attempt of its own halfway through, to
+    /// say why connecting fails (bb8 keeps the errors of the connections it opens in the
+    /// background to itself), and is answered at the deadline either way.
     async fn acquire(self) -> Result<Self::Lease, PoolError> {
-        match self.get().await {
+        let timeout = self.config().connection_timeout;
+        let mut get = std::pin::pin!(self.get());
+        let diagnosis = async {
+            tokio::time::sleep(timeout / 2).await;
+            let state = self.state();
+            // A pool that is full is busy, not failing to connect: nothing to diagnose.
+            if state.connections >= self.config().max_size {
+                return std::future::pending().await;
+            }
+            match tokio::time::timeout(timeout / 2, self.dedicated_connection()).await {
+                Ok(Err(error)) => Some(Arc::new(error)),
+                Ok(Ok(_)) | Err(_) => None,
+            }
+        };
+        let (got, last_connect_error) = tokio::select! {
+            biased;
+            got = &mut get => (got, None),
+            last_connect_error = diagnosis => (get.await, last_connect_error),
+        };
+        match got {
             Ok(connection) => Ok(connection),
             Err(bb8::RunError::User(error)) => Err(PoolError::Connect(error)),
-            Err(bb8::RunError::TimedOut) => {
-                // bb8 opens connections in the background and keeps their errors to
-                // itself; one attempt of our own tells why, when connecting is what fails.
-                let diagnosis = tokio::time::timeout(DIAGNOSIS_TIMEOUT, self.dedicated_connection()).await;
-                let last_connect_error = match diagnosis {
-                    Ok(Err(error)) => Some(Arc::new(error)),
-                    Ok(Ok(_)) | Err(_) => None,
-                };
-                Err(PoolError::TimedOut { last_connect_error })
-            }
+            Err(bb8::RunError::TimedOut) => Err(PoolError::TimedOut { last_connect_error }),
         }
     }
 

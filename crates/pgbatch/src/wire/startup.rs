@@ -22,6 +22,11 @@ use super::socket::{Target, open_socket, targets};
 use super::step::queue_read;
 use crate::error::{ConnectError, ServerError, WireError};
 
+/// How long connecting to one host may take when the configuration sets no
+/// `connect_timeout`: a server that accepts TCP but never answers must not hold a caller,
+/// or a pool slot, forever.
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How long ending an orphaned backend may take, connecting included.
 const END_BACKEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -41,7 +46,7 @@ impl Connection {
     /// Connects with a [`Config`] (a `&tokio_postgres::Config` converts into one).
     ///
     /// The whole handshake (TCP, TLS, authentication) is bounded by the configuration's
-    /// `connect_timeout`, for every host it names.
+    /// `connect_timeout` (10 s when it sets none), for every host it names.
     ///
     /// # Errors
     ///
@@ -116,12 +121,10 @@ pub(crate) async fn connect(config: &Config, session: Arc<Session>) -> Result<Co
                 }
                 Err(error.unwrap_or_else(|| ConnectError::Config(format!("{host_name} resolves to no address"))))
             };
-            let result = match postgres.get_connect_timeout() {
-                Some(&after) => tokio::time::timeout(after, attempt)
-                    .await
-                    .unwrap_or_else(|_| Err(ConnectError::Timeout { host: format!("{host_name}:{port}"), after })),
-                None => attempt.await,
-            };
+            let after = postgres.get_connect_timeout().copied().unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+            let result = tokio::time::timeout(after, attempt)
+                .await
+                .unwrap_or_else(|_| Err(ConnectError::Timeout { host: format!("{host_name}:{port}"), after }));
             match result {
                 Ok(connection) => return Ok(connection),
                 Err(error) => failures.push((format!("{host_name}:{port}"), error)),
