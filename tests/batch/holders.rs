@@ -129,11 +129,7 @@ pub async fn cancel_the_reset(client: &tokio_postgres::Client, within: Duration)
 
 /// Runs `probe` while, for [`Stop::CancelRequest`], another session cancels the reset in
 /// front of it; returns the probe's result and whether a cancel was sent.
-async fn probe_while_stopping<T>(
-    h: &Harness,
-    stop: Stop,
-    probe: impl Future<Output = T>,
-) -> (T, bool) {
+async fn probe_while_stopping<T>(h: &Harness, stop: Stop, probe: impl Future<Output = T>) -> (T, bool) {
     match stop {
         Stop::Timeout(_) => (probe.await, false),
         Stop::CancelRequest => {
@@ -202,10 +198,7 @@ async fn on_a_pool(stop: Stop) {
         }
     }
     tally.report("a pool", stop);
-    assert!(
-        tally.reset_failures > 0 || behind_a_pooler(&h).await,
-        "no reset was stopped: the test exercised nothing"
-    );
+    assert!(tally.reset_failures > 0 || behind_a_pooler(&h).await, "no reset was stopped: the test exercised nothing");
     assert!(no_transaction_left_within(&h, Duration::from_secs(5)).await);
 }
 
@@ -262,10 +255,7 @@ async fn on_a_multiplexed_client(stop: Stop) {
         }
     }
     tally.report("a multiplexed client", stop);
-    assert!(
-        tally.reset_failures > 0 || behind_a_pooler(&h).await,
-        "no reset was stopped: the test exercised nothing"
-    );
+    assert!(tally.reset_failures > 0 || behind_a_pooler(&h).await, "no reset was stopped: the test exercised nothing");
 }
 
 #[tokio::test]

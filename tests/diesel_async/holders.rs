@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::bb8::Pool as DieselPool;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use pgbatch::Connection;
 
 use crate::support::{Setup, insert};

@@ -140,6 +140,12 @@ impl Faults {
 /// writes that must land together.
 pub fn create_project(tag: &str, silo: i32) -> Batch {
     let mut batch = Batch::new();
+    push_create_project(&mut batch, tag, silo);
+    batch
+}
+
+/// [`create_project`]'s statements, pushed onto `batch`.
+pub fn push_create_project(batch: &mut Batch, tag: &str, silo: i32) {
     batch.guard_exists(counter::table.find(silo).select(counter::silo)).label("silo exists");
     batch
         .push(diesel::insert_into(project::table).values((project::tag.eq(tag.to_owned()), project::silo.eq(silo))))
@@ -149,7 +155,6 @@ pub fn create_project(tag: &str, silo: i32) -> Batch {
         .label("count project")
         .expect_rows(1);
     batch.push(diesel::insert_into(ledger::table).values(ledger::tag.eq(tag.to_owned()))).label("log project");
-    batch
 }
 
 /// What a run of [`create_project`] said.

@@ -57,15 +57,7 @@ impl<E> Batch<E> {
                 observer,
                 labels: self.labels().map(|label| label.map(str::to_owned)).collect(),
             });
-            Ok(Prepared {
-                lease,
-                results: Some(results),
-                open: true,
-                ending,
-                watched,
-                started,
-                domain: PhantomData,
-            })
+            Ok(Prepared { lease, results: Some(results), open: true, ending, watched, started, domain: PhantomData })
         }
         .instrument(span.clone())
         .await;

@@ -227,7 +227,11 @@ impl ResetFailure {
 
 impl fmt::Display for ResetFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the session reset before the batch failed: {}; the batch did not run, nothing committed", self.cause)?;
+        write!(
+            f,
+            "the session reset before the batch failed: {}; the batch did not run, nothing committed",
+            self.cause
+        )?;
         if self.cleared {
             f.write_str(" (the session was cleared, the connection kept)")?;
         } else {

@@ -46,7 +46,11 @@ impl<E> Verdict<'_, E> {
                 // The wire reports a failed prelude as not sent; should one come here, the
                 // batch did not run either.
                 let cleared = matches!(answers_prelude, PreludeOutcome::Failed { cleared: true });
-                Err(Error::SessionReset(Box::new(ResetFailure::new(Cause::from_server(*error), cleared, self.attempts))))
+                Err(Error::SessionReset(Box::new(ResetFailure::new(
+                    Cause::from_server(*error),
+                    cleared,
+                    self.attempts,
+                ))))
             }
             Ending::Failed { step: Step::Begin, error } => {
                 Err(Error::Begin(Box::new(BeginFailure::new(Cause::from_server(*error), self.attempts))))
@@ -225,7 +229,11 @@ mod tests {
     }
 
     fn answers(completed: usize, ending: Ending) -> Answers {
-        Answers { outputs: (0..completed).map(|_| StepOutput::default()).collect(), ending, prelude: PreludeOutcome::Done }
+        Answers {
+            outputs: (0..completed).map(|_| StepOutput::default()).collect(),
+            ending,
+            prelude: PreludeOutcome::Done,
+        }
     }
 
     fn judge(key: Option<&IdempotencyKey>, end: End, answers: Answers) -> Result<Results, Error> {

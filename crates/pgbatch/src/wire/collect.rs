@@ -106,7 +106,12 @@ impl Collector {
     fn at_end(&self) -> bool {
         // A caller's simple query says `usize::MAX` statements.
         self.completed
-            >= self.prelude.steps().saturating_add(self.prefix).saturating_add(self.statements).saturating_add(self.suffix)
+            >= self
+                .prelude
+                .steps()
+                .saturating_add(self.prefix)
+                .saturating_add(self.statements)
+                .saturating_add(self.suffix)
     }
 
     /// What became of the prelude, from the answers read so far.

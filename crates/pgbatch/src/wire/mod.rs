@@ -34,7 +34,7 @@ pub use config::{Config, SslMode, TargetSessionAttrs};
 pub use connection::Connection;
 pub(crate) use connection::{EndBackend, TxStatus};
 pub(crate) use exchange::{End, Exchange, Restart};
-pub(crate) use prelude::PreludeOutcome;
 pub use multiplex::{Multiplexed, MultiplexedBuilder};
 pub use pool::{Acquire, ConnectionManager, Pool};
+pub(crate) use prelude::PreludeOutcome;
 pub use session::SessionReset;

@@ -16,8 +16,8 @@ use super::collect::{Answers, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, EndBackend};
 use super::exchange::{End, Exchange};
 use super::pipeline::Pipeline;
-use super::prelude::PreludeOutcome;
 use super::pool::{ConnectionManager, Pool};
+use super::prelude::PreludeOutcome;
 use super::sql::COMMIT;
 use crate::codec::Statement;
 use crate::error::{ConnectError, PoolError, WireError};
@@ -232,7 +232,11 @@ impl Multiplexed {
     /// Gives a batch's statements to the least loaded connection and waits for their
     /// answers. Dropping the future before the batch was written sends nothing; after, the
     /// batch runs whole on the server, and its answers are read and dropped.
-    pub(crate) async fn send(&self, statements: Vec<Arc<Statement>>, begin: Cow<'static, str>) -> Result<Delivery, NotSent> {
+    pub(crate) async fn send(
+        &self,
+        statements: Vec<Arc<Statement>>,
+        begin: Cow<'static, str>,
+    ) -> Result<Delivery, NotSent> {
         let admitted =
             tokio::time::timeout(self.shared.admission_timeout, self.shared.admission.clone().acquire_owned());
         let permit = match admitted.await {

@@ -9,7 +9,6 @@ use super::session::{Session, SessionReset};
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
 
-
 /// A bb8 pool of pgbatch connections: what a service keeps and runs batches on.
 pub type Pool = bb8::Pool<ConnectionManager>;
 

@@ -30,9 +30,18 @@ mod tests {
 
     #[test]
     fn the_sql_around_a_batch_uses_listed_constructs_only() {
-        for sql in
-            [COMMIT, ROLLBACK, BEGIN, DISCARD, SAVEPOINT, RELEASE, ROLLBACK_TO, NESTED_SAVEPOINT, NESTED_RELEASE, NESTED_UNDO]
-        {
+        for sql in [
+            COMMIT,
+            ROLLBACK,
+            BEGIN,
+            DISCARD,
+            SAVEPOINT,
+            RELEASE,
+            ROLLBACK_TO,
+            NESTED_SAVEPOINT,
+            NESTED_RELEASE,
+            NESTED_UNDO,
+        ] {
             crate::codec::constructs::assert_allowed(sql, &[]);
         }
     }
