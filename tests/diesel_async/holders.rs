@@ -60,7 +60,7 @@ async fn holder_then_next(first: &mut Connection) {
 async fn a_held_connection_keeps_its_session_and_the_next_holder_of_the_pool_starts_clean() {
     let s = Setup::new().await;
     let pool = s.pool(1).await;
-    holder_then_next(&mut *pool.get().await.unwrap()).await;
+    holder_then_next(&mut pool.get().await.unwrap()).await;
     let mut next = pool.get().await.unwrap();
     assert_eq!(session(&mut next).await.unwrap(), Session { tenant: String::new(), temp_relations: 0 });
     insert(&mut next, "into the real table").await.unwrap();
@@ -75,7 +75,7 @@ async fn through_diesel_asyncs_bb8_manager_a_holder_keeps_its_session_and_the_ne
         .build(AsyncDieselConnectionManager::<Connection>::new(s.db.url()))
         .await
         .unwrap();
-    holder_then_next(&mut *pool.get().await.unwrap()).await;
+    holder_then_next(&mut pool.get().await.unwrap()).await;
     let mut next = pool.get().await.unwrap();
     assert_eq!(session(&mut next).await.unwrap(), Session { tenant: String::new(), temp_relations: 0 });
     insert(&mut next, "into the real table").await.unwrap();
@@ -127,7 +127,7 @@ async fn a_stopped_reset(timeout: Option<&'static str>) {
     let pool = s.pool(1).await;
     let (mut leaks, mut skipped) = (Vec::new(), 0);
     for round in 0..3 {
-        leave_a_slow_reset(&mut *pool.get().await.unwrap(), timeout).await;
+        leave_a_slow_reset(&mut pool.get().await.unwrap(), timeout).await;
         let body = format!("round {round}");
         let next = async {
             let mut conn = pool.get().await.unwrap();

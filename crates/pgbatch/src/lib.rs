@@ -74,17 +74,21 @@
 //!
 //! Around the batch, each of these is kept by a mechanism, not by recognising cases:
 //!
-//! - **No session state outlives a batch**, by any route: every batch is followed, in the
-//!   same write, by `DISCARD ALL` and the session setup (see [Session state](#session-state)).
+//! - **No holder sees what an earlier holder left in the session**, by any route, also
+//!   when the cleanup itself fails: the first unit of each new holder (a pool checkout, a
+//!   multiplexed batch) resets the session in its own `Sync` segment, so that a reset
+//!   stopped by a cancel or a timeout makes the server skip the unit (see
+//!   [Session state](#session-state)).
 //! - **"Not committed" after a lost connection is final**: a resolution that finds a key
 //!   uncommitted commits a fence in its marker's place, which a late copy of the lost run
 //!   collides with (see [`idempotency::resolve`]).
 //! - **An orphan is bounded**: a connection dropped or lost while its backend may still be
-//!   inside a transaction (the network stalled mid-pipeline) is read for at most 10 s, then
-//!   closed, and its backend ended by process id from a new connection, where the server
-//!   lets the pool's role do that (its own backends, or `pg_signal_backend`) and the
-//!   process id is the server's (checked at start-up: not behind PgBouncer). Its locks are
-//!   released within about 10 s plus a connection's start-up. A pool settling an unknown
+//!   inside a transaction (the network stalled mid-pipeline) is read while answers keep
+//!   arriving; once none has come for 250 ms it is closed, and its backend ended by process
+//!   id from a new connection, where the server lets the pool's role do that (its own
+//!   backends, or `pg_signal_backend`) and the process id is the server's (checked at
+//!   start-up: not behind PgBouncer). Its locks are released well within a second of the
+//!   caller giving up. A pool settling an unknown
 //!   outcome ends the lost backend the same way before it reads the key, and waits at most
 //!   10 s for a transaction still writing the key (then the outcome stays unknown).
 //! - **A cancel request arrives**: [`CancelToken::cancel_query`] returns once the server
@@ -94,18 +98,18 @@
 //!
 //! A batch is one unit of the extended query protocol: `BEGIN`, each statement (an
 //! unnamed statement with the type OIDs Diesel encoded its binds for, binary results) and
-//! `COMMIT`, then one `Sync`, then a `ROLLBACK` of its own and the session reset, all in
-//! one write. The server answers in order, and the answers are read while the pipeline is
-//! still being written, so no size of batch can stall on full socket buffers:
+//! `COMMIT`, then one `Sync`, then a `ROLLBACK` of its own, all in one write; when the
+//! connection has changed hands, the session reset comes first, in the same `Sync` segment.
+//! The server answers in order, and the answers are read while the pipeline is still being
+//! written, so no size of batch can stall on full socket buffers:
 //!
 //! ```text
 //! client                                              server
-//!   |-- BEGIN, s1, s2, ..., sN, COMMIT, Sync ----------->|   one write
+//!   |-- [DISCARD ALL, setup], BEGIN, s1, ..., sN, ------>|   one write
+//!   |   COMMIT, Sync                                     |   (the reset: see Session state)
 //!   |-- ROLLBACK ---------------------------------------->|   (ends any aborted block)
-//!   |-- DISCARD ALL, session setup ---------------------->|   (see Session state)
-//!   |<-- ok, rows1, rows2, ..., rowsN, COMMIT, ready(I) --|   one read
+//!   |<-- [reset], ok, rows1, ..., rowsN, COMMIT, ready(I)|   one read
 //!   |<-- warning: no transaction, ready(I) ---------------|
-//!   |<-- DISCARD ALL, ready(I), ... ----------------------|
 //! ```
 //!
 //! When step k fails, the server skips every later step up to the `Sync`: the statements
@@ -119,7 +123,7 @@
 //!
 //! A pooled batch holds its connection for a whole round trip: `n` connections commit at
 //! most `n / RTT` batches a second however idle the server is. Because a batch is
-//! self-contained (one unit, one `Sync`, its own `ROLLBACK` and session reset), the next
+//! self-contained (one unit, one `Sync`, its own reset and `ROLLBACK`), the next
 //! caller's batch can be written on the same connection before the first one's answers are
 //! back. [`Multiplexed`] does that: one driver task per connection writes each batch given
 //! to it behind those in flight, reads the answers in order and hands each caller its own;
@@ -127,9 +131,10 @@
 //! settlement as [`Batch::run`].
 //!
 //! - **Per batch, as on a connection of its own.** The server runs each unit alone: a
-//!   failure or a failed guard skips the rest of that batch's unit only; the next batch
-//!   begins on an idle connection whose session was reset, so no session state crosses
-//!   from one caller's batch to another's.
+//!   failure or a failed guard skips the rest of that batch's unit only. Each batch is a
+//!   holder of its own: its unit begins with a `ROLLBACK` of whatever the batch ahead left
+//!   open and, when the batch ahead ran, the session reset, so no session state crosses
+//!   from one caller's batch to another's, and a batch whose reset is stopped never runs.
 //! - **A lost connection** lands every batch in flight on it with its own verdict: not
 //!   committed when its `COMMIT` was never written, [`Error::OutcomeUnknown`] when it was
 //!   (settled through the idempotency key, on a connection of [`Multiplexed::pool`], when the
@@ -291,9 +296,12 @@
 //! - custom types (enums, domains) are looked up with unnamed statements, each in a unit of
 //!   its own, *before* anything of the batch is sent; their OIDs are the same on every
 //!   server connection of a database, so the per-connection cache stays right;
-//! - every batch is followed, in the same write and so on the same server connection, by
-//!   `DISCARD ALL` and the session setup (see [Session state](#session-state)), so no
-//!   session state leaks to the next client of a server connection, whatever route set it;
+//! - behind a pooler, every unit that starts outside a transaction may land on a server
+//!   session another client just left, so every such unit begins with the session reset in
+//!   its own `Sync` segment (see [Session state](#session-state)): it never runs on what
+//!   another client left, whatever route set it, and a server session whose reset failed is
+//!   left inside a transaction as the client goes, which makes PgBouncer close it rather
+//!   than hand it on. A holder keeps, there, only what lives inside one transaction;
 //! - an error that reaches the client after `COMMIT` was answered (PgBouncer or the server
 //!   acting on a timeout before it reads the `Sync`) does not turn the committed batch into
 //!   a failure;
@@ -302,9 +310,10 @@
 //!
 //! One hazard is PgBouncer's and cannot be closed from the client: PgBouncer before 1.21
 //! does not count the `Sync`s a client has written, so a client whose connection ends in
-//! the instant between the answer to its batch and the answer to the session reset behind
-//! it leaves that server connection to the next client with the reset's answers still due
-//! (PgBouncer 1.21 ends such a server connection instead).
+//! the instant between the answer to its batch and the answer to the `ROLLBACK` behind it
+//! leaves that server connection to the next client with that answer still due (PgBouncer
+//! 1.21 ends such a server connection instead). The next client's unit resets the session
+//! before it runs either way.
 //!
 //! pgbatch's own test suite runs through PgBouncer 1.18 in transaction mode (see
 //! `.ci/pgbouncer` in the repository), enums in binds and result columns included. What
@@ -360,26 +369,44 @@
 //!
 //! # Session state
 //!
-//! No session state outlives a batch. The refusals above are a courtesy (they say what to
-//! write instead); the guarantee is a mechanism: every batch that ran statements is
-//! followed, in the same write as the batch, by `DISCARD ALL` and the connection's session
-//! setup again, each a simple query of its own after the batch's `Sync`. Whatever the
-//! statements did to the session, and by whatever route (a `DO` block, a function, a
-//! procedure, a trigger or a view calling `set_config`, `UPDATE pg_settings`,
-//! `SELECT ... INTO TEMP`, a session advisory lock taken inside a function, `SET ROLE`
-//! inside PL/pgSQL), is gone before the next batch: settings, role and session
-//! authorization, temporary tables and functions, prepared statements, cursors, listeners,
-//! advisory locks, sequence state. A connection whose reset did not complete is closed,
-//! and [`Connection::check`] (a pool's test on checkout) reports a session that was not
-//! reset as unclean, so it is never lent out. `tests/batch/session.rs` runs 33 routes in
-//! plain and two-phase batches, directly and through PgBouncer, and checks what the next
-//! request sees.
+//! A session is its holder's: a pool checkout, a bare connection, one batch on a
+//! [`Multiplexed`] client. What the holder's requests leave in it (a `SET`, a temporary
+//! table, `LISTEN`) stays for the holder's next request, as on `AsyncPgConnection`, and no
+//! holder sees anything an earlier one left. The refusals above are a courtesy (they say
+//! what to write instead); the guarantee is a mechanism. When a connection changes hands
+//! after being used (a pool takes it back: bb8's, or diesel-async's bb8, deadpool or mobc
+//! managers), the next holder's first unit begins with `DISCARD ALL` and the session setup
+//! again, written before its own steps in the same `Sync` segment, and ended by a step that
+//! takes a cancel the reset may have drawn:
 //!
-//! The reset costs no round trip. It costs the server the work of `DISCARD ALL` (about
-//! 0.07 ms per batch on loopback, a fifth of the throughput of a 2-core server running tiny
-//! batches back to back; within noise at 10 ms RTT: `docs/benchmarks.md`), and it drops the
-//! plans PL/pgSQL functions cached in the session. [`SessionReset::WhenRecognised`] (set on
-//! the [`ConnectionManager`] or the [`Connection`]) resets only after statements pgbatch
+//! - whatever an earlier holder did to the session, by whatever route (a `DO` block, a
+//!   function, a procedure, a trigger or a view calling `set_config`, `UPDATE pg_settings`,
+//!   `SELECT ... INTO TEMP`, a session advisory lock taken inside a function, `SET ROLE`
+//!   inside PL/pgSQL), is gone before the unit runs: settings, role and session
+//!   authorization, temporary tables and functions, prepared statements, cursors,
+//!   listeners, advisory locks, sequence state;
+//! - a reset that fails (a `statement_timeout` the earlier holder left, a cancel request, a
+//!   lock) makes the server skip the unit: nothing of it runs on a session the reset did
+//!   not clear, whoever left it. The unit is reported as [`Error::SessionReset`] (for
+//!   diesel-async, an error saying the query did not run), its connection given up with
+//!   the session, and a batch is replayed on a fresh connection as its retry policy allows;
+//! - PostgreSQL holds over a cancel that arrives while `DISCARD ALL` cannot be interrupted
+//!   and delivers it to the next statement: the reset's own last step takes it, so it is
+//!   reported as the reset's (the session cleared, the connection kept), never as a
+//!   failure of the unit, and the batch is replayed on the same connection.
+//!
+//! `tests/batch/holders.rs` stops the reset with a `statement_timeout` and with a cancel
+//! request on a pool, a bare connection, a multiplexed client and a second client of the
+//! same server session (through PgBouncer in CI), and checks what every later unit sees;
+//! `tests/batch/session.rs` runs 33 routes in plain and two-phase batches.
+//!
+//! The reset costs no round trip. It costs the server the work of `DISCARD ALL` once per
+//! holder, which includes dropping the plans cached in the session (PL/pgSQL functions',
+//! and the ones foreign-key checks use): about 0.1 ms for a 2-statement batch and 0.3 ms
+//! for a 41-statement one on a 2-core loopback machine, where each batch is a holder of its
+//! own (`docs/benchmarks.md`). A request that keeps its connection for several batches and
+//! queries pays it once. [`SessionReset::WhenRecognised`] (set on the
+//! [`ConnectionManager`] or the [`Connection`]) resets only after statements pgbatch
 //! recognises, for trusted SQL; its docs list what it gives up. Not covered by any reset:
 //! a library loaded with `LOAD` inside a function stays loaded until the connection
 //! closes.

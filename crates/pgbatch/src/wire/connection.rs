@@ -317,11 +317,13 @@ impl Connection {
     /// a transaction (`BEGIN`, waited for), so that the pooler closes it when the client
     /// goes ("client disconnect while server was not ready").
     pub(crate) async fn end_session(&mut self) {
-        if !self.broken && !self.has_own_backend() && self.drain().await.is_ok() {
-            if frontend::query(BEGIN, self.io().queue()).is_ok() {
-                self.expect_units(1);
-                let _ = tokio::time::timeout(END_SESSION_TIMEOUT, self.drain()).await;
-            }
+        if !self.broken
+            && !self.has_own_backend()
+            && self.drain().await.is_ok()
+            && frontend::query(BEGIN, self.io().queue()).is_ok()
+        {
+            self.expect_units(1);
+            let _ = tokio::time::timeout(END_SESSION_TIMEOUT, self.drain()).await;
         }
         self.abandon();
     }
