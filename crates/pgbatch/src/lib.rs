@@ -84,8 +84,9 @@
 //!   collides with (see [`idempotency::resolve`]).
 //! - **An orphan is bounded**: a connection dropped or lost while its backend may still be
 //!   inside a transaction (the network stalled mid-pipeline) is read while answers keep
-//!   arriving; once none has come for 250 ms it is closed, and its backend ended by process
-//!   id from a new connection, where the server lets the pool's role do that (its own
+//!   arriving; whenever none has come for 250 ms its backend is looked at from a new
+//!   connection and ended by process id if it waits for its client (a backend still running
+//!   what it was sent finishes it: a batch sent whole runs whole), where the server lets the pool's role do that (its own
 //!   backends, or `pg_signal_backend`) and the process id is the server's (checked at
 //!   start-up: not behind PgBouncer). Its locks are released well within a second of the
 //!   caller giving up. A pool settling an unknown

@@ -64,8 +64,9 @@ pub enum Error<E = Infallible> {
     ///
     /// A batch run on a pool or a [`Multiplexed`](crate::Multiplexed) client is replayed as
     /// its retry policy allows (on a fresh connection when this one was closed); this error
-    /// reaches the caller when no attempt is left, or on a bare connection: run the batch
-    /// again (on a new connection when [`Error::ConnectionClosed`] follows). Seen often, it
+    /// reaches the caller when no attempt is left, on a bare connection, or from a two-phase
+    /// batch's first round trip (never replayed): run the batch again (on a new connection
+    /// when [`Error::ConnectionClosed`] follows). Seen often, it
     /// means something leaves sessions that take longer to reset than the session setup's
     /// `statement_timeout` allows (thousands of temporary tables, say).
     #[error(transparent)]

@@ -19,7 +19,7 @@ use crate::codec::Statement;
 use crate::error::{AlreadyCommitted, Error};
 use crate::outcome::{not_committed, settled_as_committed};
 use crate::plan::{IdempotencyKey, Marker, MarkerRow, fence_sql, lookup_sql};
-use crate::wire::{Acquire, CancelToken, Connection, End, EndBackend, Exchange};
+use crate::wire::{Acquire, CancelToken, Connection, End, EndBackend, Exchange, Terminate};
 
 /// How long a settlement waits for the lost batch's backend to take a cancel request.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,7 +149,7 @@ pub(crate) async fn settle<E>(orphan: Option<&Orphan>, connection: &mut Connecti
     // nothing, and the fence waits (a bounded time) for a writer either way.
     match orphan {
         Some(Orphan { end_backend: Some(end_backend), .. }) => {
-            end_backend().await;
+            end_backend(Terminate::Always).await;
         }
         Some(Orphan { cancel, end_backend: None }) => {
             let _ = tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query()).await;

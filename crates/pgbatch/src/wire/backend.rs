@@ -28,6 +28,22 @@ pub(crate) const IDENTIFY: &str = "SELECT CAST(pid AS text), CAST(backend_start 
 const TERMINATE: &str = "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity \
     WHERE CAST(pid AS text) = $1 AND CAST(backend_start AS text) = $2";
 
+/// [`TERMINATE`], only while the backend waits for its client: inside a transaction or in
+/// the middle of a pipeline whose rest never came. A backend running what it was sent is
+/// left to finish it.
+const TERMINATE_ORPHAN: &str = "SELECT pg_catalog.pg_terminate_backend(pid, 5000) \
+    FROM pg_catalog.pg_stat_activity WHERE CAST(pid AS text) = $1 AND CAST(backend_start AS text) = $2 \
+    AND wait_event_type = 'Client' AND wait_event = 'ClientRead'";
+
+/// When a backend is to be ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Terminate {
+    /// Whatever it is doing.
+    Always,
+    /// Only while it waits for its client (an orphan): not while it runs what it was sent.
+    IfWaitingForClient,
+}
+
 /// The backend process of one connection, which can be ended from another.
 #[derive(Debug)]
 pub(crate) struct Backend {
@@ -44,11 +60,16 @@ impl Backend {
             .then(|| Backend { process_id: process_id.to_string(), started })
     }
 
-    /// Ends the backend if it still runs, on `connection` (another one); returns whether
-    /// it ended one. Needs the right to signal it (the same role, or `pg_signal_backend`).
-    pub(crate) async fn terminate(&self, connection: &mut Connection) -> bool {
+    /// Ends the backend if it still runs (and, as `when` says, waits for its client), on
+    /// `connection` (another one); returns whether it ended one. Needs the right to signal
+    /// it (the same role, or `pg_signal_backend`).
+    pub(crate) async fn terminate(&self, connection: &mut Connection, when: Terminate) -> bool {
+        let sql = match when {
+            Terminate::Always => TERMINATE,
+            Terminate::IfWaitingForClient => TERMINATE_ORPHAN,
+        };
         let mut flight = Flight::new();
-        if queue_read(connection, &mut flight, TERMINATE, &[&self.process_id, &self.started]).is_err() {
+        if queue_read(connection, &mut flight, sql, &[&self.process_id, &self.started]).is_err() {
             return false;
         }
         let Some(answers) = flight.land(connection).await.answers.pop() else { return false };
@@ -73,7 +94,7 @@ pub(crate) fn identity(answers: &Answers) -> Option<(i32, String)> {
 mod tests {
     #[test]
     fn backend_statements_use_listed_constructs_only() {
-        for sql in [super::IDENTIFY, super::TERMINATE] {
+        for sql in [super::IDENTIFY, super::TERMINATE, super::TERMINATE_ORPHAN] {
             crate::codec::constructs::assert_allowed(sql, &[]);
         }
     }

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
+use super::backend::Terminate;
 use super::cancel::CancelToken;
 use super::collect::{Answers, Ending, NotSent, Step};
 use super::io::{Io, without_waiting};
@@ -35,12 +36,14 @@ pub(crate) enum TxStatus {
 const SYNC_REPLICATION_CANCELLED: &str = "canceling wait for synchronous replication";
 
 /// How long a dropped connection with answers due waits for the next of them before it
-/// takes its backend for an orphan (a backend whose caller is gone: waiting for the rest of
-/// a stalled pipeline, or running statements nobody will read), closes the connection and
-/// ends the backend from another one. An orphan holds its row locks for nothing.
+/// looks at its backend from another connection, and ends it if it is an orphan: waiting
+/// for its client (for the rest of a stalled pipeline, inside its transaction), holding its
+/// row locks for nothing. A backend still running what it was sent is left to finish it (a
+/// batch sent whole runs whole), and looked at again after the same time.
 const QUIET_ON_DROP: Duration = Duration::from_millis(250);
 
-/// The longest a dropped connection keeps reading answers that do keep arriving.
+/// The longest a dropped connection keeps waiting for its answers; then its backend is
+/// ended whatever it does.
 const DRAIN_ON_DROP: Duration = Duration::from_secs(10);
 
 /// How long giving up a session behind a pooler waits for its `BEGIN` to be answered.
@@ -59,6 +62,11 @@ const END_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// batch future dropped mid-flight leaves its answers due; the next batch on the
 /// connection reads them first (they are already on their way, so this costs no round
 /// trip), and a pool discards such a connection instead of lending it out.
+///
+/// Its session is its holder's: what one batch or query leaves in it (a `SET`, a
+/// temporary table) is there for the holder's next one. When a pool takes the connection
+/// back, the next holder's first unit resets the session first, in the same `Sync` segment
+/// (see [`SessionReset`] and the crate docs' Session state section).
 pub struct Connection {
     /// `None` only while being dropped.
     io: Option<Io>,
@@ -100,9 +108,10 @@ pub(crate) struct CallerState {
     pub(crate) instrumentation: diesel::connection::DynInstrumentation,
 }
 
-/// Ends a connection's backend from another connection; true when it ended one. Made by
-/// start-up, which knows how to open that other connection.
-pub(crate) type EndBackend = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+/// Ends a connection's backend from another connection, when it is in the state
+/// [`Terminate`] names; true when it ended one. Made by start-up, which knows how to open
+/// that other connection.
+pub(crate) type EndBackend = Arc<dyn Fn(Terminate) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 impl Connection {
     pub(crate) fn new(io: Io, parameters: HashMap<String, String>, cancel: CancelToken, session: Arc<Session>) -> Self {
@@ -496,14 +505,14 @@ impl Drop for Connection {
             // Lost with answers due: the server's side may still be open (a middlebox
             // closed only ours), its backend inside the transaction. End it.
             if let (Some(end_backend), Ok(runtime)) = (end_backend.filter(|_| pending > 0), runtime) {
-                runtime.spawn(end_backend());
+                runtime.spawn(end_backend(Terminate::Always));
             }
             return;
         };
-        // Answers still due: read them while they keep arriving, then close; once none has
-        // come for a moment, end the backend, which may be waiting for the rest of a
-        // pipeline inside its transaction, holding its locks. Otherwise say goodbye; closing
-        // is what matters.
+        // Answers still due: read them, then close. Whenever none has come for a moment,
+        // end the backend if it waits for its client (the rest of a stalled pipeline, inside
+        // its transaction, holding its locks); one still running what it was sent finishes
+        // it. Otherwise say goodbye; closing is what matters.
         let mut goodbye = BytesMut::new();
         frontend::terminate(&mut goodbye);
         if pending == 0 && !io.has_unwritten() {
@@ -513,29 +522,51 @@ impl Drop for Connection {
         }
         let Ok(runtime) = runtime else { return };
         runtime.spawn(async move {
-            let drained = tokio::time::timeout(DRAIN_ON_DROP, async {
-                let stalled = || std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing arrived");
-                tokio::time::timeout(QUIET_ON_DROP, io.write_all()).await.map_err(|_| stalled())??;
-                let mut due = pending;
-                while due > 0 {
-                    let message = tokio::time::timeout(QUIET_ON_DROP, io.read_message()).await;
-                    if let Message::ReadyForQuery(_) = message.map_err(|_| stalled())?? {
-                        due -= 1;
-                    }
-                }
-                Ok::<_, std::io::Error>(())
-            })
-            .await;
-            let drained = matches!(drained, Ok(Ok(())));
+            let drained = drain_or_end(&mut io, pending, end_backend.as_ref()).await;
             if drained {
                 io.queue().extend_from_slice(&goodbye);
             }
             io.close().await;
             if let Some(end_backend) = end_backend.filter(|_| !drained) {
-                end_backend().await;
+                end_backend(Terminate::Always).await;
             }
         });
     }
+}
+
+/// Reads the `pending` answers still due on a dropped connection's stream (writing what is
+/// queued first); true when they all came. Whenever nothing has arrived for
+/// [`QUIET_ON_DROP`], asks `end_backend` to end the backend if it waits for its client, and
+/// gives up when it did, or after [`DRAIN_ON_DROP`].
+async fn drain_or_end(io: &mut Io, pending: usize, end_backend: Option<&EndBackend>) -> bool {
+    let deadline = tokio::time::Instant::now() + DRAIN_ON_DROP;
+    let mut due = pending;
+    let mut written = false;
+    while due > 0 && tokio::time::Instant::now() < deadline {
+        let progress = tokio::time::timeout(QUIET_ON_DROP, async {
+            if !written {
+                io.write_all().await?;
+                written = true;
+            }
+            if let Message::ReadyForQuery(_) = io.read_message().await? {
+                due -= 1;
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        match progress {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_quiet) => {
+                if let Some(end_backend) = end_backend
+                    && end_backend(Terminate::IfWaitingForClient).await
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    due == 0
 }
 
 impl fmt::Debug for Connection {

@@ -323,12 +323,12 @@ impl Failure {
 /// Ends `backend` from a new connection opened with `config`.
 fn ender(config: Config, backend: Backend) -> EndBackend {
     let (config, backend) = (Arc::new(config), Arc::new(backend));
-    Arc::new(move || {
+    Arc::new(move |when| {
         let (config, backend) = (Arc::clone(&config), Arc::clone(&backend));
         Box::pin(async move {
             let ended = tokio::time::timeout(END_BACKEND_TIMEOUT, async {
                 let mut connection = connect(&config, Arc::new(Session::default())).await.ok()?;
-                Some(backend.terminate(&mut connection).await)
+                Some(backend.terminate(&mut connection, when).await)
             })
             .await;
             let ended = matches!(ended, Ok(Some(true)));
