@@ -9,6 +9,7 @@
 
 mod differential;
 mod drops;
+mod fidelity;
 mod holders;
 mod ported;
 

@@ -7,7 +7,7 @@ use diesel::connection::{
 };
 use diesel::pg::Pg;
 use diesel::query_builder::{AsQuery, QueryFragment, QueryId};
-use diesel::result::Error as DieselError;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::{ConnectionError, ConnectionResult, QueryResult};
 use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 
 use super::AsyncRow;
 use super::error::{from_ending, from_not_sent};
-use crate::codec::{Statement, StepOutput};
+use crate::codec::{Boundary, Statement, StepOutput, boundary};
 use crate::error::{BuildError, ConnectError};
 use crate::wire::{Answers, Connection, Ending, TxStatus};
 
@@ -33,6 +33,7 @@ impl SimpleAsyncConnection for Connection {
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),
         };
+        self.note_serialization_failure(query, &result);
         self.caller
             .instrumentation
             .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
@@ -111,6 +112,36 @@ impl AsyncConnection for Connection {
     fn set_prepared_statement_cache_size(&mut self, _size: CacheSize) {}
 }
 
+/// `save_changes` ([`diesel_async::SaveChangesDsl`]) on pgbatch's connection, as on
+/// `AsyncPgConnection`: one `UPDATE ... RETURNING`, one round trip. Through a pooled
+/// connection too (diesel-async implements it for anything that dereferences to this).
+impl<'b, Changes, Output, Tab, V> diesel_async::UpdateAndFetchResults<Changes, Output> for Connection
+where
+    Output: Send + 'static,
+    Changes: Copy + diesel::AsChangeset<Target = Tab> + Send + diesel::associations::Identifiable<Table = Tab>,
+    Tab: diesel::Table + diesel::query_dsl::methods::FindDsl<Changes::Id> + 'b,
+    diesel::dsl::Find<Tab, Changes::Id>: diesel::query_builder::IntoUpdateTarget<Table = Tab, WhereClause = V>,
+    diesel::query_builder::UpdateStatement<Tab, V, Changes::Changeset>: diesel::query_builder::AsQuery,
+    diesel::dsl::Update<Changes, Changes>: diesel_async::methods::LoadQuery<'b, Self, Output>,
+    V: Send + 'b,
+    Changes::Changeset: Send + 'b,
+    Tab::FromClause: Send,
+{
+    fn update_and_fetch<'conn, 'changes>(
+        &'conn mut self,
+        changeset: Changes,
+    ) -> BoxFuture<'changes, QueryResult<Output>>
+    where
+        Changes: 'changes,
+        Changes::Changeset: 'changes,
+        'conn: 'changes,
+        Self: 'changes,
+    {
+        use diesel_async::RunQueryDsl;
+        Box::pin(async move { diesel::update(changeset).set(changeset).get_result(self).await })
+    }
+}
+
 impl diesel_async::pooled_connection::PoolableConnection for Connection {
     /// diesel-async's pool managers ask this as they take a connection back (bb8, mobc) or
     /// before they lend it again (deadpool): the holder's time with the session ends there,
@@ -134,11 +165,25 @@ impl Connection {
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),
         };
+        self.note_serialization_failure(&statement.sql.text, &result);
         self.keep_transaction_manager_in_step();
         self.caller
             .instrumentation
             .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
         result
+    }
+
+    /// As on `AsyncPgConnection`: a serialization failure of a query inside a transaction
+    /// (other than its `COMMIT`) dooms the whole transaction on PostgreSQL, so the
+    /// transaction manager is told that it must be rolled back up to the top level, and
+    /// tolerates savepoint rollbacks that fail on the way.
+    fn note_serialization_failure<T>(&mut self, sql: &str, result: &QueryResult<T>) {
+        if let Err(DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _)) = result
+            && boundary(sql) != (Boundary::Ends { commits: true })
+        {
+            AnsiTransactionManager::transaction_manager_status_mut(self)
+                .set_requires_rollback_maybe_up_to_top_level(true);
+        }
     }
 
     /// After a query: when the server reports no transaction but the transaction manager

@@ -154,6 +154,14 @@ impl Connection {
         self.end_backend.is_some()
     }
 
+    /// Whether the server session behind the connection may be handed to other clients
+    /// between its transactions: no backend of its own (a pooler in between), unless the
+    /// server is CockroachDB, which shows no backend either but gives each connection a
+    /// session of its own.
+    fn shares_server_session(&self) -> bool {
+        !self.has_own_backend() && self.parameter("crdb_version").is_none()
+    }
+
     /// Whether the connection is closed or broken: batches on it fail with nothing sent.
     pub fn is_closed(&self) -> bool {
         self.broken
@@ -279,7 +287,7 @@ impl Connection {
         if !outside || self.in_caller_transaction() {
             return Prelude::NONE;
         }
-        let reset = self.reset_due || (!self.has_own_backend() && self.resets_after_any_use());
+        let reset = self.reset_due || (self.shares_server_session() && self.resets_after_any_use());
         // With answers still due (units pipelined ahead), the state they leave is not known.
         let rollback = self.status != TxStatus::Idle || self.pending > 0;
         Prelude { rollback, reset, setup: if reset { self.session.setup.len() } else { 0 } }
@@ -327,7 +335,7 @@ impl Connection {
     /// goes ("client disconnect while server was not ready").
     pub(crate) async fn end_session(&mut self) {
         if !self.broken
-            && !self.has_own_backend()
+            && self.shares_server_session()
             && self.drain().await.is_ok()
             && frontend::query(BEGIN, self.io().queue()).is_ok()
         {

@@ -13,6 +13,7 @@ use tokio_postgres::config::Host;
 
 use super::backend::{Backend, IDENTIFY, identity};
 use super::cancel::CancelToken;
+use super::collect::{Answers, Ending};
 use super::config::{Config, TargetSessionAttrs};
 use super::connection::{Connection, EndBackend};
 use super::flight::{Flight, Unit};
@@ -26,6 +27,9 @@ use crate::error::{ConnectError, ServerError, WireError};
 /// `connect_timeout`: a server that accepts TCP but never answers must not hold a caller,
 /// or a pool slot, forever.
 const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many more times start-up asks who the backend is when the question itself failed.
+const IDENTIFY_TRIES: usize = 3;
 
 /// How long ending an orphaned backend may take, connecting included.
 const END_BACKEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
@@ -366,9 +370,20 @@ pub(crate) async fn start_session(
     if let Some(error) = landed.discarded_error {
         return Err(SetupError::Server(error));
     }
+    let mut answers = landed.answers.into_iter().next();
+    // A cancel request can land on the lookup (a cancel storm by application name): ask
+    // again, in a round trip of its own, rather than take the backend for a pooler's.
+    for _ in 0..IDENTIFY_TRIES {
+        if !matches!(&answers, Some(Answers { ending: Ending::Failed { .. }, .. })) {
+            break;
+        }
+        let mut flight = Flight::new();
+        queue_read(connection, &mut flight, IDENTIFY, &[]).map_err(protocol)?;
+        answers = flight.land(connection).await.answers.into_iter().next();
+    }
     // A server that does not show the backend (a pooler's fake process id, CockroachDB)
     // gives no identity: such a backend is never ended by process id.
-    Ok(landed.answers.first().and_then(identity))
+    Ok(answers.as_ref().and_then(identity))
 }
 
 #[cfg(test)]
