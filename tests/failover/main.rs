@@ -243,3 +243,41 @@ async fn a_commit_whose_synchronous_replication_wait_was_cancelled_says_so() {
     batch.push(diesel::sql_query("SELECT 1"));
     assert!(!batch.run(&mut plain).await.unwrap().replication_unconfirmed());
 }
+
+/// A URL that lists a hot standby first, with `target_session_attrs=read-write`, as users of
+/// a failover formation write it: the test harness creates its database on the primary (it
+/// cannot on the standby), pgbatch's connections reach it there, and the main example runs
+/// with it as its `DATABASE_URL`.
+#[tokio::test]
+async fn a_standby_first_url_serves_the_test_harness_and_the_main_example() {
+    let Pair { primary, standby } = pair();
+    let url = url(&[standby.port(), primary.port()], "target_session_attrs=read-write");
+    let config: pgbatch::Config = url.parse().expect("the URL");
+    let db = TestDatabase::create_on(config.postgres()).await.expect("the harness creates its database on the primary");
+    db.execute("CREATE TABLE note (body text)").await.expect("the schema");
+    let mut connection = Connection::connect_with(db.config()).await.expect("a connection");
+    assert!(!in_recovery(&mut connection).await, "on the primary");
+    insert("through the harness").run(&mut connection).await.expect("a batch");
+
+    // The main example, as a user runs it: the binary `cargo test --workspace` built beside
+    // this test's own.
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|test| test.parent()?.parent().map(|dir| dir.join("examples").join("create_project")))
+        .filter(|example| example.exists());
+    let Some(example) = built else {
+        eprintln!("the create_project example is not built (cargo test --workspace builds it): not run");
+        return;
+    };
+    let output =
+        tokio::task::spawn_blocking(move || std::process::Command::new(example).env("DATABASE_URL", url).output())
+            .await
+            .unwrap()
+            .expect("the example runs");
+    assert!(
+        output.status.success(),
+        "the example failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

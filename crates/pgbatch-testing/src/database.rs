@@ -165,8 +165,12 @@ impl TestDatabase {
     /// # Errors
     ///
     /// [`SetupError::Server`] when the server refuses the connection or the database.
+    ///
+    /// With several hosts (a failover formation's URL, standby first or not), the database
+    /// is created on the first one that accepts writes, as pgbatch follows such a URL with
+    /// `target_session_attrs=read-write`, and the test database is reached there.
     pub async fn create_on(admin: &Config) -> Result<Self, SetupError> {
-        Self::create_with(admin, ServerSource::Explicit).await
+        Self::create_with(&writable_host(admin).await, ServerSource::Explicit).await
     }
 
     async fn create_with(admin_config: &Config, source: ServerSource) -> Result<Self, SetupError> {
@@ -354,7 +358,7 @@ async fn find_server() -> Result<Server, SetupError> {
             (cluster.insert(started).config(), ServerSource::PrivateCluster)
         }
         (Some(other), _) => return Err(SetupError::InvalidServerSetting(other.to_owned())),
-        (None, Some(url)) => (url_config(&url)?, ServerSource::DatabaseUrl),
+        (None, Some(url)) => (writable_host(&url_config(&url)?).await, ServerSource::DatabaseUrl),
         (None, None) if std::env::var_os("PGHOST").is_some() => (libpq_config(), ServerSource::Libpq),
         (None, None) => match standard_port().await {
             Some(config) => (config, ServerSource::StandardPort),
@@ -373,6 +377,41 @@ async fn find_server() -> Result<Server, SetupError> {
     let server = Server { admin, source, container, cluster };
     drop_abandoned_databases(&server).await;
     Ok(server)
+}
+
+/// With several hosts, `admin` narrowed to the first host that accepts writes (databases
+/// can only be created there), as pgbatch itself follows the list with
+/// `target_session_attrs=read-write`; `admin` as it is with one host, or when no host
+/// answers as writable (the error then comes from the server itself).
+async fn writable_host(admin: &Config) -> Config {
+    let hosts = admin.get_hosts();
+    if hosts.len() < 2 {
+        return admin.clone();
+    }
+    let ports = admin.get_ports();
+    for (index, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else { continue };
+        // `host()` and `port()` add to a configuration's lists: build one with this host only.
+        let mut single = Config::new();
+        single.host(name).port(ports.get(index).or(ports.first()).copied().unwrap_or(5432));
+        single.ssl_mode(admin.get_ssl_mode());
+        single.connect_timeout(admin.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10)));
+        if let Some(user) = admin.get_user() {
+            single.user(user);
+        }
+        if let Some(password) = admin.get_password() {
+            single.password(password);
+        }
+        if let Some(dbname) = admin.get_dbname() {
+            single.dbname(dbname);
+        }
+        let Ok(client) = connect(&single).await else { continue };
+        let writable = crate::query_value(&client, "SELECT NOT pg_is_in_recovery()").await;
+        if writable.ok().flatten().as_deref() == Some("t") {
+            return single;
+        }
+    }
+    admin.clone()
 }
 
 /// A private cluster; starting one blocks on initdb and pg_ctl, so off the runtime's threads.
