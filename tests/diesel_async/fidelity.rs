@@ -145,3 +145,54 @@ async fn a_serialization_failure_inside_a_transaction_is_handled_as_on_async_pg_
         "pgbatch {on_ours:?} against AsyncPgConnection {on_theirs:?}"
     );
 }
+
+/// diesel-async's pooling scenario, through each pool manager: the holder of a checkout
+/// creates a temporary table, inserts into it and loads from it with its next queries, and
+/// changes a row with `save_changes`; the next holder of the same connection finds no trace
+/// of it (its `note` is the real table again).
+macro_rules! pooling_scenario_on {
+    ($pool:expr, $name:expr) => {{
+        {
+            let mut conn = $pool.get().await.unwrap();
+            diesel::sql_query("CREATE TEMPORARY TABLE note (id bigserial PRIMARY KEY, body text NOT NULL)")
+                .execute(&mut *conn)
+                .await
+                .expect("a temporary table on the checkout");
+            diesel::insert_into(note::table).values(note::body.eq("John")).execute(&mut *conn).await.expect("insert");
+            let mut first: Note = note::table.first(&mut *conn).await.expect("the holder's next query sees it");
+            assert_eq!(first.body, "John", "{}", $name);
+            first.body = "Jane".into();
+            let saved: Note = (&first).save_changes(&mut *conn).await.expect("save_changes");
+            assert_eq!(saved.body, "Jane", "{}", $name);
+        }
+        let mut next = $pool.get().await.unwrap();
+        let temporary: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())",
+        ))
+        .get_result(&mut *next)
+        .await
+        .unwrap();
+        assert_eq!(temporary, 0, "{}: the next holder sees no temporary table", $name);
+    }};
+}
+
+#[tokio::test]
+async fn the_pooling_scenario_keeps_a_temporary_table_for_its_holder_through_every_manager() {
+    let s = Setup::new().await;
+    let behind_pooler = !s.connection().await.has_own_backend();
+    if behind_pooler {
+        // Behind a transaction-mode pooler a holder keeps only what lives inside one
+        // transaction: the temporary table is gone by the next query (documented).
+        eprintln!("behind a pooler: the scenario needs a session of its own; not run");
+        return;
+    }
+    let manager = || AsyncDieselConnectionManager::<Connection>::new(s.db.url());
+    let pgbatch_pool = s.pool(1).await;
+    pooling_scenario_on!(pgbatch_pool, "pgbatch's bb8 pool");
+    let bb8 = diesel_async::pooled_connection::bb8::Pool::builder().max_size(1).build(manager()).await.unwrap();
+    pooling_scenario_on!(bb8, "diesel-async bb8");
+    let deadpool = diesel_async::pooled_connection::deadpool::Pool::builder(manager()).max_size(1).build().unwrap();
+    pooling_scenario_on!(deadpool, "diesel-async deadpool");
+    let mobc = diesel_async::pooled_connection::mobc::Pool::builder().max_open(1).build(manager());
+    pooling_scenario_on!(mobc, "diesel-async mobc");
+}

@@ -49,7 +49,8 @@ pub type Pool = bb8::Pool<ConnectionManager>;
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-/// /// let url = "postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write&connect_timeout=2";
+/// use std::time::Duration;
+/// let url = "postgres://app@db-a:5432,db-b:5432/app?target_session_attrs=read-write&connect_timeout=2";
 /// let pool = bb8::Pool::builder()
 ///     .max_size(8)
 ///     .max_lifetime(Some(Duration::from_secs(5 * 60)))
