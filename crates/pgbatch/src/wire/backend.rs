@@ -15,7 +15,7 @@
 //! termination names both, so a process id the server has since reused is never hit.
 
 use super::collect::{Answers, Ending};
-use super::connection::Connection;
+use super::connection::{Connection, Terminate};
 use super::flight::Flight;
 use super::step::queue_read;
 
@@ -34,15 +34,6 @@ const TERMINATE: &str = "SELECT pg_catalog.pg_terminate_backend(pid, 5000) FROM 
 const TERMINATE_ORPHAN: &str = "SELECT pg_catalog.pg_terminate_backend(pid, 5000) \
     FROM pg_catalog.pg_stat_activity WHERE CAST(pid AS text) = $1 AND CAST(backend_start AS text) = $2 \
     AND wait_event_type = 'Client' AND wait_event = 'ClientRead'";
-
-/// When a backend is to be ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Terminate {
-    /// Whatever it is doing.
-    Always,
-    /// Only while it waits for its client (an orphan): not while it runs what it was sent.
-    IfWaitingForClient,
-}
 
 /// The backend process of one connection, which can be ended from another.
 #[derive(Debug)]

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::backend::Terminate;
 use super::cancel::CancelToken;
 use super::collect::{Answers, Ending, NotSent, Step};
 use super::io::{Io, without_waiting};
@@ -106,6 +105,15 @@ pub struct Connection {
 pub(crate) struct CallerState {
     pub(crate) transaction_manager: diesel_async::AnsiTransactionManager,
     pub(crate) instrumentation: diesel::connection::DynInstrumentation,
+}
+
+/// When a backend is to be ended (see [`backend`](super::backend)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Terminate {
+    /// Whatever it is doing.
+    Always,
+    /// Only while it waits for its client (an orphan): not while it runs what it was sent.
+    IfWaitingForClient,
 }
 
 /// Ends a connection's backend from another connection, when it is in the state

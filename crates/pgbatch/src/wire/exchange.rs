@@ -38,7 +38,7 @@ use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
 use super::sql::{COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT};
-use super::step::step;
+use super::step::{queue_prelude, step};
 use super::types::WireBinds;
 use crate::codec::Statement;
 use crate::error::WireError;
@@ -225,7 +225,7 @@ impl Connection {
         let mut failing = None;
         let buf = self.io().queue();
         let queued = (|| {
-            prelude.queue(buf, &session.setup)?;
+            queue_prelude(prelude, buf, &session.setup)?;
             let mut prefix = 0;
             if let Some(begin) = request.begin {
                 step(buf, begin, &[], &[], false)?;

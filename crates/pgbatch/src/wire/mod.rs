@@ -28,12 +28,11 @@ mod step;
 mod tls;
 mod types;
 
-pub(crate) use backend::Terminate;
 pub use cancel::CancelToken;
 pub(crate) use collect::{Answers, Ending, NotSent, Step};
 pub use config::{Config, SslMode, TargetSessionAttrs};
 pub use connection::Connection;
-pub(crate) use connection::{EndBackend, TxStatus};
+pub(crate) use connection::{EndBackend, Terminate, TxStatus};
 pub(crate) use exchange::{End, Exchange, Restart};
 pub use multiplex::{Multiplexed, MultiplexedBuilder};
 pub use pool::{Acquire, ConnectionManager, Pool};

@@ -24,13 +24,6 @@
 //! ends with a step of its own (`COMMIT` after a setup, otherwise an empty query), which
 //! absorbs such a cancel: it is reported as the reset's, never as a failure of the unit.
 
-use super::sql::{COMMIT, DISCARD, ROLLBACK};
-use super::step::step;
-
-/// The empty query that ends a reset without a setup: the cheapest statement that takes a
-/// held-over cancel.
-const ABSORB: &str = "";
-
 /// What runs before a unit's own steps, in the same segment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Prelude {
@@ -56,24 +49,6 @@ impl Prelude {
     /// session holds nothing of an earlier holder.
     pub(crate) fn discard_step(self) -> Option<usize> {
         self.reset.then_some(usize::from(self.rollback))
-    }
-
-    /// Queues the prelude's steps into `buf`, with the session's `setup`.
-    pub(crate) fn queue(self, buf: &mut bytes::BytesMut, setup: &[String]) -> std::io::Result<()> {
-        debug_assert!(!self.reset || setup.len() == self.setup);
-        if self.rollback {
-            step(buf, ROLLBACK, &[], &[], false)?;
-        }
-        if self.reset {
-            step(buf, DISCARD, &[], &[], false)?;
-            for sql in setup {
-                // Described: a setup statement may return a row (`SELECT set_config(..)`).
-                step(buf, sql, &[], &[], true)?;
-            }
-            let close = if setup.is_empty() { ABSORB } else { COMMIT };
-            step(buf, close, &[], &[], false)?;
-        }
-        Ok(())
     }
 }
 

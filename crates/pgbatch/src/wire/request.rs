@@ -23,7 +23,7 @@ use super::collect::{Answers, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
-use super::step::step;
+use super::step::{queue_prelude, step};
 use super::types::WireBinds;
 use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
@@ -103,7 +103,7 @@ impl Connection {
         let session = std::sync::Arc::clone(self.session());
         let start = self.io().queue().len();
         let buf = self.io().queue();
-        if let Err(error) = prelude.queue(buf, &session.setup).and_then(|()| queue_request(buf)) {
+        if let Err(error) = queue_prelude(prelude, buf, &session.setup).and_then(|()| queue_request(buf)) {
             // Nothing of it is sent: the connection stays as it was.
             buf.truncate(start);
             return Err(NotSent::Encode { index: 0, error });

@@ -10,6 +10,7 @@ use super::collect::Collector;
 use super::connection::Connection;
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
+use super::sql::{COMMIT, DISCARD, ROLLBACK};
 
 /// Queues one extended-protocol step: an unnamed statement with binary binds and binary
 /// results, described when it may return rows.
@@ -52,6 +53,29 @@ pub(crate) fn step(
     frontend::execute("", 0, buf)
 }
 
+/// The empty query that ends a reset without a setup: the cheapest statement that takes a
+/// cancel PostgreSQL held over from `DISCARD ALL`.
+const ABSORB: &str = "";
+
+/// Queues `prelude`'s steps into `buf`, with the session's `setup` (see
+/// [`prelude`](super::prelude)).
+pub(crate) fn queue_prelude(prelude: Prelude, buf: &mut bytes::BytesMut, setup: &[String]) -> std::io::Result<()> {
+    debug_assert!(!prelude.reset || setup.len() == prelude.setup);
+    if prelude.rollback {
+        step(buf, ROLLBACK, &[], &[], false)?;
+    }
+    if prelude.reset {
+        step(buf, DISCARD, &[], &[], false)?;
+        for sql in setup {
+            // Described: a setup statement may return a row (`SELECT set_config(..)`).
+            step(buf, sql, &[], &[], true)?;
+        }
+        let close = if setup.is_empty() { ABSORB } else { COMMIT };
+        step(buf, close, &[], &[], false)?;
+    }
+    Ok(())
+}
+
 /// `text`: the OID of [`queue_read`]'s binds.
 const TEXT_OID: u32 = 25;
 
@@ -80,7 +104,8 @@ pub(crate) fn queue_read_after(
     let session = std::sync::Arc::clone(connection.session());
     let buf = connection.io().queue();
     let start = buf.len();
-    if let Err(error) = prelude.queue(buf, &session.setup).and_then(|()| step(buf, sql, &oids, &values, true)) {
+    if let Err(error) = queue_prelude(prelude, buf, &session.setup).and_then(|()| step(buf, sql, &oids, &values, true))
+    {
         buf.truncate(start);
         return Err(error);
     }
