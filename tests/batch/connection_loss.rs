@@ -34,6 +34,12 @@ async fn a_backend_terminated_mid_batch_is_all_or_nothing() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
+    // Bounded, so that a batch the killer cannot see fails the test instead of hanging it.
+    let killer = async {
+        tokio::time::timeout(Duration::from_secs(20), killer)
+            .await
+            .expect("the batch's pg_sleep never showed in pg_stat_activity under its application_name");
+    };
     let (result, ()) = tokio::join!(batch.run(&pool), killer);
     let rows = h.count("SELECT count(*) FROM note WHERE body LIKE 'victim %'").await;
     match &result {

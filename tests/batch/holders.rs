@@ -508,3 +508,30 @@ async fn a_closing_rollback_stopped_on_a_multiplexed_connection_does_not_fail_th
     assert_eq!(notes(&h, "rolled back").await, 0);
     assert!(no_transaction_left_within(&h, Duration::from_secs(5)).await);
 }
+
+/// The reset gives the session back what the connection asked for at start-up: a batch
+/// behind a reset runs under its own `application_name`, never the server session's
+/// start-up value. Behind a pooler `DISCARD ALL` alone would bring back the value the
+/// pooler's server connection started with (another client's name), so that monitoring,
+/// and every tool that finds a client's backends by name, would lose it.
+#[tokio::test]
+async fn a_batch_behind_a_reset_runs_under_its_own_application_name() {
+    let h = Harness::new().await;
+    let names = ["pgbatch-name-a", "pgbatch-name-b"];
+    let pools = [h.pool_named(names[0], 1).await, h.pool_named(names[1], 1).await];
+    let read_name = || {
+        let mut batch = Batch::new();
+        let name =
+            batch.push(diesel::select(diesel::dsl::sql::<Text>("current_setting('application_name')"))).one::<String>();
+        (batch, name)
+    };
+    // Each pool's connection is used, then changes hands, several times over, and behind a
+    // pooler the two clients' units take turns on whatever server session is free.
+    for round in 0..4 {
+        for (pool, expected) in pools.iter().zip(names) {
+            let (batch, name) = read_name();
+            let committed = batch.run(pool).await.unwrap();
+            assert_eq!(committed.get(&name).unwrap(), expected, "round {round}");
+        }
+    }
+}

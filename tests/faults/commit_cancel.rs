@@ -39,6 +39,10 @@ async fn a_cancel_that_lands_on_commit_commits_nothing_and_the_connection_runs_o
         }
         faults.count(&format!("SELECT count(*) FROM pg_stat_activity WHERE pg_cancel_backend({before})")).await;
     };
+    // Bounded, so that a COMMIT that never sleeps fails the test instead of hanging it.
+    let canceller = async {
+        tokio::time::timeout(Duration::from_secs(20), canceller).await.expect("COMMIT's trigger never slept");
+    };
     let batch = create_project("cancelled", 1);
     let (result, ()) = tokio::join!(batch.run(&pool), canceller);
     let err = result.expect_err("the cancel landed on COMMIT");

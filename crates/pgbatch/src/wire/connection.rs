@@ -91,6 +91,10 @@ pub struct Connection {
     /// OIDs of custom types, looked up once per connection: `(type, array type)`.
     types: HashMap<TypeName, (u32, u32)>,
     session: Arc<Session>,
+    /// What the session reset runs after `DISCARD ALL`: the session setup, behind a pooler
+    /// preceded by the start-up parameters `DISCARD ALL` takes back (see
+    /// [`restore_startup_parameters`](Self::restore_startup_parameters)).
+    reset_setup: Arc<[String]>,
     /// Ends the server process behind the connection from another connection, when it can
     /// be ended by process id (see [`backend`](super::backend)).
     end_backend: Option<EndBackend>,
@@ -135,6 +139,7 @@ impl Connection {
             parameters,
             cancel,
             types: HashMap::new(),
+            reset_setup: session.setup.iter().cloned().collect(),
             session,
             end_backend: None,
             #[cfg(feature = "diesel-async")]
@@ -147,6 +152,30 @@ impl Connection {
 
     pub(crate) fn set_end_backend(&mut self, end_backend: Option<EndBackend>) {
         self.end_backend = end_backend;
+    }
+
+    /// Makes the session reset give the session back the parameters this connection asked
+    /// for at start-up, when a pooler is in between. `DISCARD ALL` resets every parameter
+    /// to its value at the *server* session's start; directly connected that is this
+    /// connection's own start-up, but behind a pooler it is whatever the pooler's server
+    /// connection started with, and the pooler had set this client's `application_name` on
+    /// top. Without this, the unit behind the reset would run under another client's name
+    /// (or none). pgbatch's `client_encoding` is UTF8 on every connection, so the pooler's
+    /// server connections start with it.
+    pub(crate) fn restore_startup_parameters(&mut self, application_name: Option<&str>) {
+        if !self.shares_server_session() {
+            return;
+        }
+        let Some(name) = application_name else { return };
+        // A string literal: standard_conforming_strings is always on (PostgreSQL 9.1 on) and
+        // start-up parameters hold no NUL byte.
+        let restore = format!("SELECT set_config('application_name', '{}', false)", name.replace('\'', "''"));
+        self.reset_setup = std::iter::once(restore).chain(self.session.setup.iter().cloned()).collect();
+    }
+
+    /// What the session reset runs after `DISCARD ALL`.
+    pub(crate) fn reset_setup(&self) -> Arc<[String]> {
+        Arc::clone(&self.reset_setup)
     }
 
     /// Ends the server process behind the connection from another connection, when it can
@@ -298,7 +327,8 @@ impl Connection {
         let reset = self.reset_due || (self.shares_server_session() && self.resets_after_any_use());
         // With answers still due (units pipelined ahead), the state they leave is not known.
         let rollback = self.status != TxStatus::Idle || self.pending > 0;
-        Prelude { rollback, reset, setup: if reset { self.session.setup.len() } else { 0 } }
+        let commit = reset && !self.session.setup.is_empty();
+        Prelude { rollback, reset, setup: if reset { self.reset_setup.len() } else { 0 }, commit }
     }
 
     /// Takes in what became of a unit's prelude (see [`prelude_landed`](Self::prelude_landed))

@@ -220,12 +220,12 @@ impl Connection {
         let nested = request.end == End::Release;
         let touches_session = request.statements.iter().any(|statement| statement.sql.touches_session);
         let runs_statements = request.begin.is_some() || !request.statements.is_empty();
-        let session = std::sync::Arc::clone(self.session());
+        let reset_setup = self.reset_setup();
         let start = self.io().queue().len();
         let mut failing = None;
         let buf = self.io().queue();
         let queued = (|| {
-            queue_prelude(prelude, buf, &session.setup)?;
+            queue_prelude(prelude, buf, &reset_setup)?;
             let mut prefix = 0;
             if let Some(begin) = request.begin {
                 step(buf, begin, &[], &[], false)?;

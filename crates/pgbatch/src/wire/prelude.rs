@@ -4,7 +4,8 @@
 //! ```text
 //! client                                                     server
 //!   |-- [ROLLBACK]                                        -->|  a transaction left behind
-//!   |-- [DISCARD ALL, <session setup>..., COMMIT | ""]    -->|  the reset, when due
+//!   |-- [DISCARD ALL, [<start-up parameters>],           -->|  the reset, when due
+//!        <session setup>..., COMMIT | ""]
 //!   |-- BEGIN, s1 ... sN, COMMIT, Sync                    -->|  the unit itself
 //!   |<-- ... every step answered, or an error, Ready --------|
 //! ```
@@ -17,7 +18,9 @@
 //! `DISCARD ALL` must be the first statement of its transaction; as the first of the
 //! segment (or after `ROLLBACK`) it is, and it commits at once, so a unit that fails later
 //! cannot undo it. The session setup that follows is committed by the closing `COMMIT`
-//! before the unit's `BEGIN`, for the same reason.
+//! before the unit's `BEGIN`, for the same reason. Behind a pooler the reset first gives
+//! back the `application_name` the connection started with, which `DISCARD ALL` would
+//! otherwise take to the pooler's server connection's own.
 //!
 //! PostgreSQL holds over a `statement_timeout` or cancel that arrives while `DISCARD ALL`
 //! cannot be interrupted, and delivers it to the next statement. The reset therefore always
@@ -32,13 +35,19 @@ pub(crate) struct Prelude {
     pub(crate) rollback: bool,
     /// The session reset: `DISCARD ALL`, the session setup, and the closing step.
     pub(crate) reset: bool,
-    /// How many session setup statements the reset runs.
+    /// How many statements the reset runs after `DISCARD ALL`: behind a pooler, the one
+    /// that gives back the connection's start-up parameters; then the session setup.
     pub(crate) setup: usize,
+    /// Whether the reset ends with `COMMIT`, so that the session setup stays when the unit
+    /// fails and rolls back; otherwise it ends with an empty query. Without a session setup
+    /// there is nothing to keep: the start-up parameters are given back by every unit's
+    /// reset behind a pooler, the only place they are set.
+    pub(crate) commit: bool,
 }
 
 impl Prelude {
     /// Nothing before the unit.
-    pub(crate) const NONE: Prelude = Prelude { rollback: false, reset: false, setup: 0 };
+    pub(crate) const NONE: Prelude = Prelude { rollback: false, reset: false, setup: 0, commit: false };
 
     /// How many steps the prelude sends.
     pub(crate) fn steps(self) -> usize {

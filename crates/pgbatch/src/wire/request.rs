@@ -100,10 +100,10 @@ impl Connection {
         prelude: Prelude,
         queue_request: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>,
     ) -> Result<Answers, NotSent> {
-        let session = std::sync::Arc::clone(self.session());
+        let reset_setup = self.reset_setup();
         let start = self.io().queue().len();
         let buf = self.io().queue();
-        if let Err(error) = queue_prelude(prelude, buf, &session.setup).and_then(|()| queue_request(buf)) {
+        if let Err(error) = queue_prelude(prelude, buf, &reset_setup).and_then(|()| queue_request(buf)) {
             // Nothing of it is sent: the connection stays as it was.
             buf.truncate(start);
             return Err(NotSent::Encode { index: 0, error });

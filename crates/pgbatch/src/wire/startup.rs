@@ -246,6 +246,7 @@ async fn attempt(
     })?;
     let backend = identity.and_then(|identity| Backend::new(process_id, identity));
     connection.set_end_backend(backend.map(|backend| ender(config.clone(), backend)));
+    connection.restore_startup_parameters(postgres.get_application_name());
     Ok(connection)
 }
 

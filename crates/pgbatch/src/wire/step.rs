@@ -70,7 +70,7 @@ pub(crate) fn queue_prelude(prelude: Prelude, buf: &mut bytes::BytesMut, setup: 
             // Described: a setup statement may return a row (`SELECT set_config(..)`).
             step(buf, sql, &[], &[], true)?;
         }
-        let close = if setup.is_empty() { ABSORB } else { COMMIT };
+        let close = if prelude.commit { COMMIT } else { ABSORB };
         step(buf, close, &[], &[], false)?;
     }
     Ok(())
@@ -101,11 +101,10 @@ pub(crate) fn queue_read_after(
 ) -> std::io::Result<()> {
     let oids = vec![TEXT_OID; binds.len()];
     let values: Vec<Option<Vec<u8>>> = binds.iter().map(|bind| Some(bind.as_bytes().to_vec())).collect();
-    let session = std::sync::Arc::clone(connection.session());
+    let reset_setup = connection.reset_setup();
     let buf = connection.io().queue();
     let start = buf.len();
-    if let Err(error) = queue_prelude(prelude, buf, &session.setup).and_then(|()| step(buf, sql, &oids, &values, true))
-    {
+    if let Err(error) = queue_prelude(prelude, buf, &reset_setup).and_then(|()| step(buf, sql, &oids, &values, true)) {
         buf.truncate(start);
         return Err(error);
     }
