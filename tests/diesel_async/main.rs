@@ -15,3 +15,4 @@ mod ported;
 
 mod support;
 mod transactions;
+mod wrappers;

@@ -329,6 +329,10 @@ async fn concurrent_serializable_transactions_fail_with_serialization_failure() 
         "{:?}",
         failures[0]
     );
+    // Both connections, the failed one's included, run a transaction again.
+    for conn in [&mut first, &mut second] {
+        conn.transaction::<_, DieselError, _>(async |_| Ok(())).await.expect("a transaction after the failure");
+    }
 }
 
 /// diesel-async's own pool manager works with pgbatch's connection too, and so does
