@@ -221,9 +221,15 @@ impl Proxy {
 
     /// Arms a one-shot fault (replacing one that has not fired).
     pub fn arm(&self, fault: Fault) {
+        // Every fault named: a new one must say whether it counts bytes.
         let remaining = match fault {
             Fault::CutAfterClientBytes(n) | Fault::CutAfterServerBytes(n) | Fault::StallAfterClientBytes(n) => n,
-            _ => 0,
+            Fault::CutAfterClientSends { .. }
+            | Fault::CutBeforeClientSends { .. }
+            | Fault::StallBeforeClientSends { .. }
+            | Fault::DeliverLater { .. }
+            | Fault::RewriteServer { .. }
+            | Fault::RewriteClient { .. } => 0,
         };
         *self.shared.armed.lock().expect("proxy lock") = Some(Armed { fault, remaining, tail: Vec::new() });
     }

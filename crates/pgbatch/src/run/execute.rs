@@ -1,18 +1,21 @@
-//! Running a batch: one exchange per attempt, replayed on serialization failures and
-//! deadlocks as its retry policy allows, inside a tracing span.
+//! Running a batch on a connection of its own (leased from a pool, or a bare one): the
+//! [`Transport`] of the run loop (see [`attempts`](super::attempts)), the nested run inside
+//! a caller's transaction, and the span of a run.
 
-use std::ops::DerefMut;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use super::attempts::{Settlement, Transport, run_attempts};
 use super::batch::Batch;
 use super::record::{Outcome, observe, record, statement_outcome};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
 use crate::error::{Error, UnknownReason};
-use crate::outcome::{Committed, key_taken};
+use crate::outcome::Committed;
+use crate::plan::{IdempotencyKey, MarkerRow, RetryPolicy};
 use crate::wire::{Acquire, Connection, End, Exchange, Restart, TxStatus};
 
 impl<E> Batch<E> {
@@ -43,98 +46,16 @@ impl<E> Batch<E> {
         let result = async {
             // A pool can lend another connection: the one to settle an unknown outcome on.
             let spare = target.another();
-            let mut lease = Some(target.acquire().await.map_err(Error::Pool)?);
-            let policy = self.retry_policy().unwrap_or_else(|| lease_of(&mut lease).retry_policy());
-            if lease_of(&mut lease).in_caller_transaction() {
+            let mut lease = target.acquire().await.map_err(Error::Pool)?;
+            let policy = self.retry_policy().unwrap_or_else(|| lease.retry_policy());
+            if lease.in_caller_transaction() {
                 // Never end the caller's transaction: join it.
-                let connection = lease_of(&mut lease);
-                let result = self.run_nested(connection, &statements, policy).await;
+                let result = self.run_nested(&mut lease, &statements, policy).await;
                 tracing::Span::current().record("attempt", 1);
                 return result;
             }
-            let (mut attempt, mut settled) = (1, false);
-            // After a settlement fenced the key: the marker that turns that fence into a commit.
-            let mut replay_marker: Option<Statement> = None;
-            loop {
-                let started = Instant::now();
-                let connection = lease_of(&mut lease);
-                let restart = match (policy.keeps_transaction(), connection.status()) {
-                    (false, _) => Restart::No,
-                    (true, TxStatus::Idle) => Restart::First,
-                    (true, _) => Restart::Again,
-                };
-                let mut sent = statements.clone();
-                if let Some(marker) = &replay_marker {
-                    sent[0] = marker;
-                }
-                let result = self.run_once(connection, &sent, attempt, restart).await;
-                let span = tracing::Span::current();
-                span.record("attempt", attempt);
-                span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-                if restart != Restart::No {
-                    // The transaction is kept open for a retry: end it unless one follows.
-                    let retries = matches!(&result, Err(e) if e.is_transient() && attempt < policy.attempts());
-                    let connection = lease_of(&mut lease);
-                    if !retries {
-                        // Ends it, and resets the session the failed unit could not.
-                        connection.end_transaction().await;
-                    }
-                }
-                let error = match result {
-                    Ok(committed) => {
-                        span.record("settled", settled);
-                        return Ok(if settled { committed.after_unknown() } else { committed });
-                    }
-                    Err(error) => error,
-                };
-                let error = match (&error, self.idempotency(), spare.as_ref().and_then(A::another)) {
-                    (Error::OutcomeUnknown(unknown), Some(key), Some(fresh)) => {
-                        // A lost connection's backend may still run the batch, or wait for
-                        // the rest of it inside its transaction: end it (or, where its
-                        // process id is not the server's, cancel it). An ambiguous answer
-                        // came over a working connection whose backend is done; the pool
-                        // may lend that very connection for the read, which a cancel would
-                        // then hit.
-                        let lost = matches!(unknown.reason(), UnknownReason::ConnectionLost(_));
-                        let connection = lease_of(&mut lease);
-                        let orphan = lost.then(|| Orphan {
-                            cancel: connection.cancel_token(),
-                            end_backend: connection.end_backend(),
-                        });
-                        // The lost connection goes back to its pool, which discards it.
-                        lease = None;
-                        match settle_unknown(
-                            error,
-                            fresh,
-                            orphan.as_ref(),
-                            key,
-                            attempt < policy.attempts(),
-                            self.len(),
-                        )
-                        .await
-                        {
-                            Resolved::Replay { marker, connection } => {
-                                replay_marker = Some(marker);
-                                (lease, settled, attempt) = (Some(connection), true, attempt + 1);
-                                continue;
-                            }
-                            Resolved::Verdict(error) => error,
-                        }
-                    }
-                    _ => error,
-                };
-                let fresh = spare.as_ref().and_then(A::another);
-                if let (Replay::OnAnotherConnection, Some(fresh)) =
-                    (back_off(error, attempt, policy, fresh.is_some()).await?, fresh)
-                {
-                    // This connection will not run the batch (see `back_off`): back to its
-                    // pool, which discards it, before a fresh one is taken.
-                    lease_of(&mut lease).abandon();
-                    drop(lease.take());
-                    lease = Some(fresh.acquire().await.map_err(Error::Pool)?);
-                }
-                attempt += 1;
-            }
+            let mut leased = Leased { spare, lease: Some(lease), statements, policy, restart: Restart::No };
+            run_attempts(self, &mut leased, policy).await
         }
         .instrument(span.clone())
         .await;
@@ -170,7 +91,7 @@ impl<E> Batch<E> {
         &self,
         connection: &mut Connection,
         statements: &[&Statement],
-        policy: crate::plan::RetryPolicy,
+        policy: RetryPolicy,
     ) -> Result<Committed, Error<E>> {
         let refusal = if self.idempotency().is_some() {
             Some("the batch has an idempotency key, whose marker would commit or roll back with that transaction")
@@ -222,65 +143,101 @@ impl<E> Batch<E> {
             let outcome = |index| statement_outcome(result.as_ref().map(drop), index);
             observe(&**observer, self.labels(), outcome, started.elapsed(), attempt);
         }
-        match result {
-            Ok(committed) => Ok(committed),
-            Err(Error::AlreadyCommitted(already)) => {
-                // The key is taken: read on this connection whether by a commit (and when)
-                // or by a fence.
-                let marker = match self.idempotency() {
-                    Some(key) => read_marker::<E>(connection, key).await.unwrap_or_else(|error| {
-                        tracing::warn!(error = %error.log_summary(), "could not read the idempotency key's marker");
-                        None
-                    }),
-                    None => None,
-                };
-                Err(key_taken(already.key(), marker.as_ref(), attempt))
-            }
-            Err(error) => Err(error),
+        result
+    }
+}
+
+/// A run's connection, leased from where the batch was given (a pool, or a bare
+/// connection), and the pool's way to another one.
+struct Leased<'s, A: Acquire> {
+    spare: Option<A>,
+    /// Missing only between a lost connection and its replacement.
+    lease: Option<A::Lease>,
+    statements: Vec<&'s Statement>,
+    policy: RetryPolicy,
+    /// How the last attempt treated its transaction.
+    restart: Restart,
+}
+
+impl<A: Acquire> Leased<'_, A> {
+    fn connection(&mut self) -> &mut Connection {
+        self.lease.as_mut().expect("a run always holds a connection")
+    }
+}
+
+impl<E, A: Acquire> Transport<E> for Leased<'_, A> {
+    async fn send(
+        &mut self,
+        batch: &Batch<E>,
+        marker: Option<&Arc<Statement>>,
+        attempt: u32,
+    ) -> Result<Committed, Error<E>> {
+        let keeps_transaction = self.policy.keeps_transaction();
+        let mut sent = self.statements.clone();
+        if let Some(marker) = marker {
+            sent[0] = marker;
+        }
+        let connection = self.lease.as_mut().expect("a run always holds a connection");
+        self.restart = match (keeps_transaction, connection.status()) {
+            (false, _) => Restart::No,
+            (true, TxStatus::Idle) => Restart::First,
+            (true, _) => Restart::Again,
+        };
+        batch.run_once(connection, &sent, attempt, self.restart).await
+    }
+
+    async fn after_attempt(&mut self, retries: bool) {
+        // A transaction kept open for a retry is ended unless one follows; ending it also
+        // resets the session the failed unit could not.
+        if self.restart != Restart::No && !retries {
+            self.connection().end_transaction().await;
         }
     }
-}
 
-/// Where a failed attempt is replayed.
-pub(super) enum Replay {
-    /// A serialization failure or deadlock, or a session reset that cleared the session
-    /// but drew a cancel: on the same connection.
-    OnSameConnection,
-    /// The batch wrote nothing because of its connection: the server does not accept
-    /// writes on it (a standby, or a primary not yet writable in a failover) and will not
-    /// start to, it had ended the session before the batch began, or the session reset
-    /// before the batch could not clear it (the connection was closed).
-    OnAnotherConnection,
-}
-
-/// Waits as `policy` says before attempt `attempt + 1` when the policy allows another
-/// attempt and `error` is transient, or (when the run can get one, `another_connection`)
-/// wants another connection; says where to replay. Otherwise gives the error back, the
-/// run's verdict.
-pub(super) async fn back_off<E>(
-    error: Error<E>,
-    attempt: u32,
-    policy: crate::plan::RetryPolicy,
-    another_connection: bool,
-) -> Result<Replay, Error<E>> {
-    let replay = if another_connection && error.wants_another_connection() {
-        Replay::OnAnotherConnection
-    } else if error.is_transient() || error.wants_replay_on_same_connection() {
-        Replay::OnSameConnection
-    } else {
-        return Err(error);
-    };
-    if attempt >= policy.attempts() {
-        return Err(error);
+    async fn read_marker(&mut self, key: &IdempotencyKey) -> Result<Option<MarkerRow>, Error<E>> {
+        read_marker(self.connection(), key).await
     }
-    let delay = policy.delay(attempt);
-    tracing::info!(attempt, delay_ms = delay.as_secs_f64() * 1e3, cause = %error.log_summary(), "retrying batch");
-    tokio::time::sleep(delay).await;
-    Ok(replay)
-}
 
-/// The connection of a run; it is only ever missing between a lost connection and its
-/// replacement.
-fn lease_of<L: DerefMut<Target = Connection>>(lease: &mut Option<L>) -> &mut Connection {
-    lease.as_mut().expect("a run always holds a connection")
+    async fn settle(
+        &mut self,
+        error: Error<E>,
+        key: &IdempotencyKey,
+        may_replay: bool,
+        statements: usize,
+    ) -> Settlement<E> {
+        let Some(fresh) = self.spare.as_ref().and_then(A::another) else {
+            return Settlement::Verdict(error);
+        };
+        // A lost connection's backend may still run the batch, or wait for the rest of it
+        // inside its transaction: end it (or, where its process id is not the server's,
+        // cancel it). An ambiguous answer came over a working connection whose backend is
+        // done; the pool may lend that very connection for the read, which a cancel would
+        // then hit.
+        let lost = matches!(&error, Error::OutcomeUnknown(unknown) if matches!(unknown.reason(), UnknownReason::ConnectionLost(_)));
+        let connection = self.connection();
+        let orphan = lost.then(|| Orphan { cancel: connection.cancel_token(), end_backend: connection.end_backend() });
+        // The lost connection goes back to its pool, which discards it.
+        self.lease = None;
+        match settle_unknown(error, fresh, orphan.as_ref(), key, may_replay, statements).await {
+            Resolved::Replay { marker, connection } => {
+                self.lease = Some(connection);
+                Settlement::Replay(marker)
+            }
+            Resolved::Verdict(error) => Settlement::Verdict(error),
+        }
+    }
+
+    fn can_replace(&self) -> bool {
+        self.spare.as_ref().and_then(A::another).is_some()
+    }
+
+    async fn replace(&mut self) -> Result<(), Error<E>> {
+        let Some(fresh) = self.spare.as_ref().and_then(A::another) else { return Ok(()) };
+        // This connection will not run the batch (see `back_off`): back to its pool, which
+        // discards it, before a fresh one is taken.
+        self.connection().abandon();
+        drop(self.lease.take());
+        self.lease = Some(fresh.acquire().await.map_err(Error::Pool)?);
+        Ok(())
+    }
 }

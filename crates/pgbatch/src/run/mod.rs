@@ -1,6 +1,7 @@
 //! Batches: a plan of statements with its options, run as one exchange per attempt and
 //! replayed as the retry policy allows.
 
+mod attempts;
 mod batch;
 mod execute;
 pub(crate) mod maintenance;

@@ -2,17 +2,17 @@
 //! as on a pooled connection, with the exchange given to a shared connection's driver.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tracing::Instrument;
 
+use super::attempts::{Settlement, Transport, run_attempts};
 use super::batch::Batch;
-use super::execute::back_off;
 use super::record::{Outcome, record};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
 use crate::error::Error;
-use crate::outcome::{Committed, key_taken};
+use crate::outcome::Committed;
+use crate::plan::{IdempotencyKey, MarkerRow};
 use crate::wire::{Acquire, End, Multiplexed};
 
 impl<E> Batch<E> {
@@ -46,71 +46,69 @@ impl<E> Batch<E> {
         }
         let span = self.run_span();
         span.record("multiplexed", true);
-        let result = async {
-            let (mut attempt, mut settled) = (1, false);
-            // After a settlement fenced the key: the marker that turns that fence into a commit.
-            let mut replay_marker: Option<Arc<Statement>> = None;
-            loop {
-                let started = Instant::now();
-                let mut sent = statements.clone();
-                if let Some(marker) = &replay_marker {
-                    sent[0] = Arc::clone(marker);
-                }
-                let verdict = self.verdict(End::Commit, attempt);
-                let delivered = client.send(sent, self.begin_sql()).await;
-                let span = tracing::Span::current();
-                span.record("attempt", attempt);
-                span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-                let (result, orphan) = match delivered {
-                    Err(not_sent) => (Err(verdict.not_sent(not_sent)), None),
-                    Ok(delivery) => {
-                        let unconfirmed = delivery.replication_unconfirmed;
-                        let result = verdict
-                            .judge(delivery.answers)
-                            .map(|results| Committed::new(results, attempt).with_replication_unconfirmed(unconfirmed));
-                        let orphan = delivery.orphan.map(|(cancel, end_backend)| Orphan { cancel, end_backend });
-                        (result, orphan)
-                    }
-                };
-                let error = match result {
-                    Ok(committed) => {
-                        span.record("settled", settled);
-                        return Ok(if settled { committed.after_unknown() } else { committed });
-                    }
-                    Err(error) => error,
-                };
-                let error = match (&error, self.idempotency()) {
-                    (Error::AlreadyCommitted(already), Some(key)) => {
-                        // Taken by a commit (and when) or by a fence: the marker says which.
-                        let mut connection = client.pool().acquire().await.map_err(Error::Pool)?;
-                        let marker = read_marker::<E>(&mut connection, key).await.unwrap_or_else(|error| {
-                            tracing::warn!(error = %error.log_summary(), "could not read the idempotency key's marker");
-                            None
-                        });
-                        return Err(key_taken(already.key(), marker.as_ref(), attempt));
-                    }
-                    (Error::OutcomeUnknown(_), Some(key)) => {
-                        let may_replay = attempt < policy.attempts();
-                        match settle_unknown(error, client.pool(), orphan.as_ref(), key, may_replay, self.len()).await {
-                            Resolved::Replay { marker, connection: _ } => {
-                                replay_marker = Some(Arc::new(marker));
-                                (settled, attempt) = (true, attempt + 1);
-                                continue;
-                            }
-                            Resolved::Verdict(error) => error,
-                        }
-                    }
-                    _ => error,
-                };
-                // A shared connection that will not run the batch (read-only, its session
-                // ended) is retired by its driver before it takes another batch.
-                back_off(error, attempt, policy, true).await?;
-                attempt += 1;
-            }
-        }
-        .instrument(span.clone())
-        .await;
+        let mut lane = Lane { client, statements, orphan: None };
+        let result = run_attempts(self, &mut lane, policy).instrument(span.clone()).await;
         record(&span, &result, Outcome::Committed);
         result
+    }
+}
+
+/// A run's place on a [`Multiplexed`] client: each attempt is written to one of its shared
+/// connections; settlements and marker reads take a connection of the client's pool.
+struct Lane<'c> {
+    client: &'c Multiplexed,
+    statements: Vec<Arc<Statement>>,
+    /// The backend the last attempt was sent to, when its connection was lost.
+    orphan: Option<Orphan>,
+}
+
+impl<E> Transport<E> for Lane<'_> {
+    async fn send(
+        &mut self,
+        batch: &Batch<E>,
+        marker: Option<&Arc<Statement>>,
+        attempt: u32,
+    ) -> Result<Committed, Error<E>> {
+        let mut sent = self.statements.clone();
+        if let Some(marker) = marker {
+            sent[0] = Arc::clone(marker);
+        }
+        let verdict = batch.verdict(End::Commit, attempt);
+        self.orphan = None;
+        let delivery =
+            self.client.send(sent, batch.begin_sql()).await.map_err(|not_sent| verdict.not_sent(not_sent))?;
+        let unconfirmed = delivery.replication_unconfirmed;
+        self.orphan = delivery.orphan.map(|(cancel, end_backend)| Orphan { cancel, end_backend });
+        verdict
+            .judge(delivery.answers)
+            .map(|results| Committed::new(results, attempt).with_replication_unconfirmed(unconfirmed))
+    }
+
+    async fn read_marker(&mut self, key: &IdempotencyKey) -> Result<Option<MarkerRow>, Error<E>> {
+        let mut connection = self.client.pool().acquire().await.map_err(Error::Pool)?;
+        read_marker(&mut connection, key).await
+    }
+
+    async fn settle(
+        &mut self,
+        error: Error<E>,
+        key: &IdempotencyKey,
+        may_replay: bool,
+        statements: usize,
+    ) -> Settlement<E> {
+        match settle_unknown(error, self.client.pool(), self.orphan.as_ref(), key, may_replay, statements).await {
+            Resolved::Replay { marker, connection: _ } => Settlement::Replay(marker),
+            Resolved::Verdict(error) => Settlement::Verdict(error),
+        }
+    }
+
+    fn can_replace(&self) -> bool {
+        true
+    }
+
+    /// A shared connection that will not run the batch (read-only, its session ended) is
+    /// retired by its driver before it takes another batch: nothing to do here.
+    async fn replace(&mut self) -> Result<(), Error<E>> {
+        Ok(())
     }
 }

@@ -38,7 +38,7 @@ use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
 use super::sql::{COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT};
-use super::step::{queue_prelude, step};
+use super::step::{queue_unit, step};
 use super::types::WireBinds;
 use crate::codec::Statement;
 use crate::error::WireError;
@@ -216,88 +216,103 @@ impl Connection {
         // A unit that begins a transaction starts outside one: its prelude makes the session
         // ready (never inside the caller's transaction: `exchange` refuses to begin there).
         let prelude = self.prelude(request.begin.is_some());
-        let restart = request.restart != Restart::No;
-        let nested = request.end == End::Release;
         let touches_session = request.statements.iter().any(|statement| statement.sql.touches_session);
         let runs_statements = request.begin.is_some() || !request.statements.is_empty();
-        let reset_setup = self.reset_setup();
-        let start = self.io().queue().len();
         let mut failing = None;
-        let buf = self.io().queue();
-        let queued = (|| {
-            queue_prelude(prelude, buf, &reset_setup)?;
-            let mut prefix = 0;
-            if let Some(begin) = request.begin {
-                step(buf, begin, &[], &[], false)?;
-                prefix += 1;
-            }
-            match request.restart {
-                Restart::No => {}
-                Restart::First => step(buf, SAVEPOINT, &[], &[], false)?,
-                Restart::Again => step(buf, ROLLBACK_TO, &[], &[], false)?,
-            }
-            if nested {
-                step(buf, NESTED_SAVEPOINT, &[], &[], false)?;
-            }
-            prefix += usize::from(restart) + usize::from(nested);
-            for (index, (statement, binds)) in request.statements.iter().zip(&binds).enumerate() {
-                let (oids, values) = binds.get();
-                failing = Some(index);
-                step(buf, &statement.sql.text, oids, values, true)?;
-                failing = None;
-            }
-            if restart {
-                step(buf, RELEASE, &[], &[], false)?;
-            }
-            if nested {
-                step(buf, NESTED_RELEASE, &[], &[], false)?;
-            }
-            let end = match request.end {
-                End::Commit => Some(COMMIT),
-                End::Rollback => Some(ROLLBACK),
-                // Taken again, so that the undo after the unit finds it either way.
-                End::Release => Some(NESTED_SAVEPOINT),
-                End::Open => None,
-            };
-            if let Some(end) = end {
-                step(buf, end, &[], &[], false)?;
-            }
-            let end_offset = buf.len();
-            frontend::sync(buf);
-            if nested {
-                frontend::query(NESTED_UNDO, buf)?;
-            } else if end.is_some() && !restart {
-                frontend::query(ROLLBACK, buf)?;
-            }
-            Ok::<_, std::io::Error>((end.map(|_| end_offset), end, prefix))
-        })();
-        let (end_offset, end, prefix) = match queued {
-            Ok(done) => done,
-            Err(error) => {
-                buf.truncate(start);
-                return Err(match failing {
+        let framed =
+            queue_unit(self, prelude, |buf| queue_steps(buf, request, &binds, &mut failing)).map_err(|error| {
+                match failing {
                     Some(index) => NotSent::Encode { index, error },
                     None => NotSent::Wire(WireError::Protocol(error.to_string())),
-                });
-            }
-        };
+                }
+            })?;
         let mut flight = Flight::new();
-        if let Some(offset) = end_offset {
+        if let Some(offset) = framed.end_offset {
             let base = self.io().queued() - self.io().queue().len() as u64;
             flight.set_end_offset(base + offset as u64);
         }
         if runs_statements {
             self.note_use(touches_session);
         }
-        let suffix = usize::from(restart) + usize::from(nested);
-        let end_tag = end.map(|end| if nested { "SAVEPOINT" } else { end });
-        let collector = Collector::new(prefix, request.statements.len(), suffix, end_tag).after(prelude);
-        flight.push(self, Unit::Collect(collector));
+        let collector = Collector::new(framed.prefix, request.statements.len(), framed.suffix, framed.end_tag);
+        flight.push(self, Unit::Collect(collector.after(prelude)));
         if request.end == End::Open {
             flight.roll_back_open_failure();
-        } else if !restart {
+        } else if request.restart == Restart::No {
             flight.push(self, Unit::Discard);
         }
         Ok((flight, prelude))
     }
+}
+
+/// Where a unit's own steps lie, as [`queue_steps`] wrote them.
+struct Framed {
+    /// Steps before the statements (`BEGIN`, savepoints).
+    prefix: usize,
+    /// Steps after the statements, before the end step (releases).
+    suffix: usize,
+    /// The tag the end step answers with, when there is one.
+    end_tag: Option<&'static str>,
+    /// Where the end step ends in the write buffer.
+    end_offset: Option<usize>,
+}
+
+/// Writes the unit's own steps (after its prelude): `BEGIN`, the restart or nested
+/// savepoint, the statements, their releases, the end step, the `Sync`, and the query that
+/// follows it. `failing` names the statement being written, for an encoding error.
+fn queue_steps(
+    buf: &mut bytes::BytesMut,
+    request: &Exchange<'_>,
+    binds: &[WireBinds<'_>],
+    failing: &mut Option<usize>,
+) -> std::io::Result<Framed> {
+    let restart = request.restart != Restart::No;
+    let nested = request.end == End::Release;
+    if let Some(begin) = request.begin {
+        step(buf, begin, &[], &[], false)?;
+    }
+    match request.restart {
+        Restart::No => {}
+        Restart::First => step(buf, SAVEPOINT, &[], &[], false)?,
+        Restart::Again => step(buf, ROLLBACK_TO, &[], &[], false)?,
+    }
+    if nested {
+        step(buf, NESTED_SAVEPOINT, &[], &[], false)?;
+    }
+    for (index, (statement, binds)) in request.statements.iter().zip(binds).enumerate() {
+        let (oids, values) = binds.get();
+        *failing = Some(index);
+        step(buf, &statement.sql.text, oids, values, true)?;
+        *failing = None;
+    }
+    if restart {
+        step(buf, RELEASE, &[], &[], false)?;
+    }
+    if nested {
+        step(buf, NESTED_RELEASE, &[], &[], false)?;
+    }
+    let end = match request.end {
+        End::Commit => Some(COMMIT),
+        End::Rollback => Some(ROLLBACK),
+        // Taken again, so that the undo after the unit finds it either way.
+        End::Release => Some(NESTED_SAVEPOINT),
+        End::Open => None,
+    };
+    if let Some(end) = end {
+        step(buf, end, &[], &[], false)?;
+    }
+    let end_offset = end.map(|_| buf.len());
+    frontend::sync(buf);
+    if nested {
+        frontend::query(NESTED_UNDO, buf)?;
+    } else if end.is_some() && !restart {
+        frontend::query(ROLLBACK, buf)?;
+    }
+    let extra = usize::from(restart) + usize::from(nested);
+    Ok(Framed {
+        prefix: usize::from(request.begin.is_some()) + extra,
+        suffix: extra,
+        end_tag: end.map(|end| if nested { "SAVEPOINT" } else { end }),
+        end_offset,
+    })
 }

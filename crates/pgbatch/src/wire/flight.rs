@@ -7,7 +7,7 @@
 //! connection ends outside any transaction).
 
 use std::collections::VecDeque;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
@@ -41,6 +41,47 @@ impl Landed {
         self.answers.iter().any(|answers| {
             matches!(&answers.ending, Ending::Failed { error, .. } if *error.code() == SqlState::READ_ONLY_SQL_TRANSACTION)
         })
+    }
+}
+
+/// What reads a connection's answers: one flight, or a [`Pipeline`](super::pipeline::Pipeline)
+/// of them.
+pub(crate) trait Reader {
+    /// Whether every answer due has been read.
+    fn answered(&self) -> bool;
+
+    /// Takes the next message the server sent.
+    fn take(&mut self, connection: &mut Connection, message: Message) -> Result<(), WireError>;
+
+    /// The connection failed: every unit still due reports the failure.
+    fn fail(&mut self, connection: &mut Connection, error: WireError);
+}
+
+/// The one read loop: writes what is queued while reading the answers and handing them to
+/// `reader`, until every answer due has been read and every byte written, or the
+/// connection fails. Writing and reading interleave, so that a server that answers early
+/// and blocks on its full output buffer is never deadlocked against a client still writing.
+pub(crate) fn poll_answers(reader: &mut impl Reader, connection: &mut Connection, cx: &mut Context<'_>) -> Poll<()> {
+    loop {
+        if let Err(error) = connection.poll_send(cx) {
+            reader.fail(connection, error);
+            return Poll::Ready(());
+        }
+        if reader.answered() && !connection.io().has_unwritten() {
+            return Poll::Ready(());
+        }
+        let message = match connection.poll_answer(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(message)) => message,
+            Poll::Ready(Err(error)) => {
+                reader.fail(connection, error);
+                return Poll::Ready(());
+            }
+        };
+        if let Err(error) = reader.take(connection, message) {
+            reader.fail(connection, error);
+            return Poll::Ready(());
+        }
     }
 }
 
@@ -101,28 +142,14 @@ impl Flight {
         Landed { answers: self.answers, discarded_error: self.discarded_error }
     }
 
-    fn poll(&mut self, connection: &mut Connection, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        loop {
-            if let Err(error) = connection.poll_send(cx) {
-                self.fail(connection, error);
-                return Poll::Ready(());
-            }
-            if self.units.is_empty() && !connection.io().has_unwritten() {
-                return Poll::Ready(());
-            }
-            let message = match connection.poll_answer(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => message,
-                Poll::Ready(Err(error)) => {
-                    self.fail(connection, error);
-                    return Poll::Ready(());
-                }
-            };
-            if let Err(error) = self.take(connection, message) {
-                self.fail(connection, error);
-                return Poll::Ready(());
-            }
-        }
+    fn poll(&mut self, connection: &mut Connection, cx: &mut Context<'_>) -> Poll<()> {
+        poll_answers(self, connection, cx)
+    }
+}
+
+impl Reader for Flight {
+    fn answered(&self) -> bool {
+        self.units.is_empty()
     }
 
     /// Hands a message to the unit it belongs to.
@@ -167,7 +194,7 @@ impl Flight {
     }
 
     /// The connection failed: it is broken, and every unit still due reports the failure.
-    pub(crate) fn fail(&mut self, connection: &mut Connection, error: WireError) {
+    fn fail(&mut self, connection: &mut Connection, error: WireError) {
         let error = connection.lost(error);
         let end_sent = self.end_offset.is_some_and(|offset| connection.io().written() >= offset);
         let mut error = Some(error);

@@ -20,8 +20,10 @@
 use std::collections::VecDeque;
 use std::task::{Context, Poll};
 
+use postgres_protocol::message::backend::Message;
+
 use super::connection::{Connection, TxStatus};
-use super::flight::{Flight, Landed};
+use super::flight::{Flight, Landed, Reader, poll_answers};
 use super::prelude::{Prelude, PreludeOutcome};
 use crate::error::WireError;
 
@@ -78,56 +80,59 @@ impl<T> Pipeline<T> {
         &mut self,
         connection: &mut Connection,
         cx: &mut Context<'_>,
-        mut arrived: impl FnMut(T, Arrival),
+        arrived: impl FnMut(T, Arrival),
     ) -> Poll<()> {
-        loop {
-            if self.flights.is_empty() {
-                return Poll::Ready(());
-            }
-            if let Err(error) = connection.poll_send(cx) {
-                self.fail_all(connection, error, &mut arrived);
-                return Poll::Ready(());
-            }
-            let message = match connection.poll_answer(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => message,
-                Poll::Ready(Err(error)) => {
-                    self.fail_all(connection, error, &mut arrived);
-                    return Poll::Ready(());
-                }
-            };
-            let front = self.flights.front_mut().expect("checked above");
-            match front.flight.accept(connection, message) {
-                Ok(false) => {}
-                Ok(true) => {
-                    let InFlight { flight, prelude, sender } = self.flights.pop_front().expect("checked above");
-                    let replication_unconfirmed = connection.replication_unconfirmed();
-                    connection.forget_replication_warning();
-                    let landed = flight.landed();
-                    let outcome = landed.answers.first().map_or(PreludeOutcome::Unknown, |answers| answers.prelude);
-                    let untrusted = connection.prelude_landed(prelude, outcome);
-                    let connection_fit = !connection.is_closed()
-                        && connection.status() == TxStatus::Idle
-                        && !untrusted
-                        && !landed.refused_writes();
-                    arrived(sender, Arrival { landed, replication_unconfirmed, connection_fit });
-                }
-                Err(error) => {
-                    self.fail_all(connection, error, &mut arrived);
-                    return Poll::Ready(());
-                }
-            }
+        if self.flights.is_empty() {
+            return Poll::Ready(());
         }
+        poll_answers(&mut Landing { pipeline: self, arrived }, connection, cx)
+    }
+}
+
+/// A pipeline being read, and where its landed flights go.
+struct Landing<'p, T, F> {
+    pipeline: &'p mut Pipeline<T>,
+    arrived: F,
+}
+
+impl<T, F: FnMut(T, Arrival)> Reader for Landing<'_, T, F> {
+    fn answered(&self) -> bool {
+        self.pipeline.flights.is_empty()
+    }
+
+    /// Hands the message to the oldest flight; lands it once it has every answer.
+    fn take(&mut self, connection: &mut Connection, message: Message) -> Result<(), WireError> {
+        let front = self
+            .pipeline
+            .flights
+            .front_mut()
+            .ok_or_else(|| WireError::Protocol("a message outside any request".into()))?;
+        if !front.flight.accept(connection, message)? {
+            return Ok(());
+        }
+        let InFlight { flight, prelude, sender } = self.pipeline.flights.pop_front().expect("checked above");
+        let replication_unconfirmed = connection.replication_unconfirmed();
+        connection.forget_replication_warning();
+        let landed = flight.landed();
+        let outcome = landed.answers.first().map_or(PreludeOutcome::Unknown, |answers| answers.prelude);
+        let untrusted = connection.prelude_landed(prelude, outcome);
+        let connection_fit =
+            !connection.is_closed() && connection.status() == TxStatus::Idle && !untrusted && !landed.refused_writes();
+        (self.arrived)(sender, Arrival { landed, replication_unconfirmed, connection_fit });
+        Ok(())
     }
 
     /// The connection failed: it is broken, and every flight lands with the failure, each
     /// judged by how much of it had been written.
-    fn fail_all(&mut self, connection: &mut Connection, error: WireError, arrived: &mut impl FnMut(T, Arrival)) {
+    fn fail(&mut self, connection: &mut Connection, error: WireError) {
         let mut error = Some(error);
-        for InFlight { mut flight, sender, .. } in self.flights.drain(..) {
+        for InFlight { mut flight, sender, .. } in self.pipeline.flights.drain(..) {
             // The first flight gets the error itself, the others a copy of its kind.
             flight.fail(connection, error.take().unwrap_or(WireError::Closed));
-            arrived(sender, Arrival { landed: flight.landed(), replication_unconfirmed: false, connection_fit: false });
+            (self.arrived)(
+                sender,
+                Arrival { landed: flight.landed(), replication_unconfirmed: false, connection_fit: false },
+            );
         }
     }
 }

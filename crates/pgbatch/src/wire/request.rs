@@ -23,7 +23,7 @@ use super::collect::{Answers, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
-use super::step::{queue_prelude, step};
+use super::step::{queue_unit, step};
 use super::types::WireBinds;
 use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
@@ -100,14 +100,8 @@ impl Connection {
         prelude: Prelude,
         queue_request: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>,
     ) -> Result<Answers, NotSent> {
-        let reset_setup = self.reset_setup();
-        let start = self.io().queue().len();
-        let buf = self.io().queue();
-        if let Err(error) = queue_prelude(prelude, buf, &reset_setup).and_then(|()| queue_request(buf)) {
-            // Nothing of it is sent: the connection stays as it was.
-            buf.truncate(start);
-            return Err(NotSent::Encode { index: 0, error });
-        }
+        // On an error nothing of it is sent: the connection stays as it was.
+        queue_unit(self, prelude, queue_request).map_err(|error| NotSent::Encode { index: 0, error })?;
         let mut flight = Flight::new();
         // One statement, or as many as a simple query holds: each completion is an output.
         flight.push(self, Unit::Collect(Collector::new(0, usize::MAX, 0, None).after(prelude)));

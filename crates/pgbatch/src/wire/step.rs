@@ -57,9 +57,27 @@ pub(crate) fn step(
 /// cancel PostgreSQL held over from `DISCARD ALL`.
 const ABSORB: &str = "";
 
-/// Queues `prelude`'s steps into `buf`, with the session's `setup` (see
-/// [`prelude`](super::prelude)).
-pub(crate) fn queue_prelude(prelude: Prelude, buf: &mut bytes::BytesMut, setup: &[String]) -> std::io::Result<()> {
+/// Queues one unit on `connection`: `prelude`, then what `body` writes (the unit's own
+/// steps and its `Sync`), in one segment. All of it or nothing: on an error (a bind that
+/// cannot be encoded) the write buffer is left as it was, and the connection with it.
+pub(crate) fn queue_unit<T>(
+    connection: &mut Connection,
+    prelude: Prelude,
+    body: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let reset_setup = connection.reset_setup();
+    let buf = connection.io().queue();
+    let start = buf.len();
+    let queued = queue_prelude(prelude, buf, &reset_setup).and_then(|()| body(buf));
+    if queued.is_err() {
+        buf.truncate(start);
+    }
+    queued
+}
+
+/// Queues `prelude`'s steps into `buf`, with the statements the reset runs after `DISCARD
+/// ALL` (see [`prelude`](super::prelude)).
+fn queue_prelude(prelude: Prelude, buf: &mut bytes::BytesMut, setup: &[String]) -> std::io::Result<()> {
     debug_assert!(!prelude.reset || setup.len() == prelude.setup);
     if prelude.rollback {
         step(buf, ROLLBACK, &[], &[], false)?;
@@ -101,14 +119,11 @@ pub(crate) fn queue_read_after(
 ) -> std::io::Result<()> {
     let oids = vec![TEXT_OID; binds.len()];
     let values: Vec<Option<Vec<u8>>> = binds.iter().map(|bind| Some(bind.as_bytes().to_vec())).collect();
-    let reset_setup = connection.reset_setup();
-    let buf = connection.io().queue();
-    let start = buf.len();
-    if let Err(error) = queue_prelude(prelude, buf, &reset_setup).and_then(|()| step(buf, sql, &oids, &values, true)) {
-        buf.truncate(start);
-        return Err(error);
-    }
-    frontend::sync(buf);
+    queue_unit(connection, prelude, |buf| {
+        step(buf, sql, &oids, &values, true)?;
+        frontend::sync(buf);
+        Ok(())
+    })?;
     flight.push(connection, Unit::Collect(Collector::new(0, 1, 0, None).after(prelude)));
     Ok(())
 }
