@@ -208,11 +208,13 @@ async fn measure(pgbouncer_port: u16) -> Result<(), BoxError> {
          server's work on the reset.\n\n{table}\n{summary}\n\
          Where it goes: `DISCARD ALL` drops every plan cached in the session, among them the ones \
          PostgreSQL keeps for foreign-key checks, which the batches after a reset plan again; S1 (inserts \
-         with foreign keys) pays more than C1. Measured part by part on the same workloads (C1/S1 added ms, \
-         one run each): `DISCARD PLANS` alone +0.07/+0.26, `RESET ALL` +0.03/+0.03, `DISCARD TEMP` \
-         +0.02/+0.01; the same reset without `DISCARD PLANS` as eight steps +0.15/+0.30, as one `DO` \
-         block +0.23/+0.49. A holder that keeps its connection for several requests (a service request \
-         that checks out once) pays the reset once.\n"
+         with foreign keys) pays more than C1. Measured part by part on the same workloads, on an earlier \
+         run where the server was about 2.5 times slower (C1/S1 added ms, one run each): `DISCARD PLANS` \
+         alone +0.07/+0.26, `RESET ALL` +0.03/+0.03, `DISCARD TEMP` +0.02/+0.01; the same reset without \
+         `DISCARD PLANS` as eight steps +0.15/+0.30, as one `DO` block +0.23/+0.49. A caller that holds its \
+         connection for several requests (a service request that checks out once) pays the reset once per \
+         checkout: the rows \"each of 4 callers holding its connection\". Behind a pooler a holder keeps \
+         nothing across transactions, so every unit is reset whoever holds the connection.\n"
     );
     write_section(SESSION_RESET_SECTION, &body)?;
     Ok(())
