@@ -6,6 +6,7 @@
 //! statements, how to end), [`Answers`] out (each statement's rows and the step that
 //! failed, or a lost connection). Another transport would implement the same exchange.
 
+mod answers;
 mod backend;
 mod cancel;
 mod collect;
@@ -13,8 +14,10 @@ mod config;
 mod connection;
 mod exchange;
 mod flight;
+mod holder;
 mod io;
 mod multiplex;
+mod orphan;
 mod pipeline;
 mod pool;
 mod prelude;
