@@ -46,10 +46,6 @@ pub(super) fn from_not_sent(reason: NotSent) -> DieselError {
                 error.message()
             )),
         ),
-        NotSent::NoTransaction | NotSent::InCallerTransaction => {
-            unreachable!("only batches end or join transactions")
-        }
-        NotSent::Pool(_) => unreachable!("only a multiplexed client gives requests to connections"),
     }
 }
 

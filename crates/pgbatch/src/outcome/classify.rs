@@ -9,7 +9,7 @@ use crate::error::{
     StatementFailure, UnknownReason,
 };
 use crate::plan::{Entry, Fragment, IdempotencyKey, MarkerRow, Results};
-use crate::wire::{Answers, End, Ending, NotSent, PreludeOutcome, Step};
+use crate::wire::{Answers, BatchNotSent, End, Ending, NotSent, PreludeOutcome, Step};
 
 /// SQLSTATEs with which a server says it cannot tell whether a commit applied:
 /// `40003` (`statement_completion_unknown`, CockroachDB's "result is ambiguous") and
@@ -70,7 +70,7 @@ impl<E> Verdict<'_, E> {
     }
 
     /// The error of a run that was not sent at all.
-    pub(crate) fn not_sent(&self, reason: NotSent) -> Error<E> {
+    pub(crate) fn not_sent(&self, reason: BatchNotSent) -> Error<E> {
         let statement = |index: usize| index.checked_sub(self.offset()).map(|index| self.body.statement_ref(index));
         not_sent(reason, statement, self.attempts)
     }
@@ -166,22 +166,22 @@ fn already_committed(key: &str, at: Option<SystemTime>) -> AlreadyCommitted {
 /// The error of a batch that was not sent (or that the server skipped because its prelude
 /// failed); `statement` names a wire index's statement.
 pub(crate) fn not_sent<E>(
-    reason: NotSent,
+    reason: BatchNotSent,
     statement: impl FnOnce(usize) -> Option<crate::error::StatementRef>,
     attempts: u32,
 ) -> Error<E> {
     match reason {
-        NotSent::Prelude { error, cleared } => {
+        BatchNotSent::Unit(NotSent::Prelude { error, cleared }) => {
             Error::SessionReset(Box::new(ResetFailure::new(Cause::from_server(*error), cleared, attempts)))
         }
-        NotSent::Closed | NotSent::NoTransaction => Error::ConnectionClosed,
-        NotSent::InCallerTransaction => Error::InEnclosingTransaction {
+        BatchNotSent::Unit(NotSent::Closed) | BatchNotSent::NoTransaction => Error::ConnectionClosed,
+        BatchNotSent::InCallerTransaction => Error::InEnclosingTransaction {
             reason: "a two-phase batch, or pgbatch's own maintenance, needs a transaction of its own",
         },
-        NotSent::Wire(error) => Error::Connection(error),
-        NotSent::Pool(error) => Error::Pool(error),
-        NotSent::UnknownType(error) => Error::invalid(None, error),
-        NotSent::Encode { index, error } => {
+        BatchNotSent::Unit(NotSent::Wire(error)) => Error::Connection(error),
+        BatchNotSent::Pool(error) => Error::Pool(error),
+        BatchNotSent::Unit(NotSent::UnknownType(error)) => Error::invalid(None, error),
+        BatchNotSent::Unit(NotSent::Encode { index, error }) => {
             Error::invalid(statement(index), Arc::new(BuildError::Encode { bind: 0, source: Box::new(error) }))
         }
     }
@@ -351,12 +351,12 @@ mod tests {
 
     #[test]
     fn a_batch_not_sent_is_never_a_commit() {
-        for reason in [NotSent::Closed, NotSent::NoTransaction] {
+        for reason in [NotSent::Closed.into(), BatchNotSent::NoTransaction] {
             assert!(matches!(not_sent::<Infallible>(reason, |_| None, 1), Error::ConnectionClosed));
         }
-        let wire = not_sent::<Infallible>(NotSent::Wire(WireError::Closed), |_| None, 1);
+        let wire = not_sent::<Infallible>(NotSent::Wire(WireError::Closed).into(), |_| None, 1);
         assert!(matches!(wire, Error::Connection(_)));
         let encode = NotSent::Encode { index: 1, error: std::io::Error::other("too long") };
-        assert!(matches!(not_sent::<Infallible>(encode, |_| None, 1), Error::Invalid { .. }));
+        assert!(matches!(not_sent::<Infallible>(encode.into(), |_| None, 1), Error::Invalid { .. }));
     }
 }

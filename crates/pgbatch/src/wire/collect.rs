@@ -244,7 +244,8 @@ fn row(columns: Arc<[Column]>, body: &DataRowBody) -> Result<Row, WireError> {
     Ok(Row::new(columns, body.buffer_bytes().clone(), values))
 }
 
-/// Why a batch was not sent at all.
+/// Why a unit (a batch, a caller's request, a read of pgbatch's own) was not sent at all,
+/// or was skipped by the server before any of it ran.
 #[derive(Debug)]
 pub(crate) enum NotSent {
     /// The connection was already closed or broken, or failed while the answers of an
@@ -254,11 +255,6 @@ pub(crate) enum NotSent {
     Wire(WireError),
     /// A custom type does not exist.
     UnknownType(BuildError),
-    /// A two-phase batch's second round trip found no open transaction.
-    NoTransaction,
-    /// The connection is inside a transaction the caller opened, which this exchange would
-    /// have to end: it is refused, never rolled back.
-    InCallerTransaction,
     /// The protocol encoder refused statement `index` (the checks at push should have).
     Encode { index: usize, error: std::io::Error },
     /// The prelude written before the unit in the same segment (the `ROLLBACK` of an earlier
@@ -267,8 +263,28 @@ pub(crate) enum NotSent {
     /// cancel the reset drew was delivered late): the connection is then kept, its reset
     /// still due; otherwise it was given up with its session.
     Prelude { error: Box<ServerError>, cleared: bool },
-    /// No connection to send it on: none could be opened, or none was free in time.
+}
+
+/// Why a batch was not sent: what any unit may meet, or a reason of a batch's own. A
+/// caller's request never meets the latter, so its path returns [`NotSent`] alone.
+#[derive(Debug)]
+pub(crate) enum BatchNotSent {
+    /// What any unit may meet.
+    Unit(NotSent),
+    /// A two-phase batch's second round trip found no open transaction.
+    NoTransaction,
+    /// The connection is inside a transaction the caller opened, which this exchange would
+    /// have to end: it is refused, never rolled back.
+    InCallerTransaction,
+    /// No connection to send it on: none could be opened, or none was free in time (a
+    /// multiplexed client).
     Pool(crate::error::PoolError),
+}
+
+impl From<NotSent> for BatchNotSent {
+    fn from(reason: NotSent) -> Self {
+        BatchNotSent::Unit(reason)
+    }
 }
 
 /// The collector fed recorded answer streams, byte by byte: no server needed.

@@ -33,7 +33,7 @@
 
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, Collector, Ending, NotSent};
+use super::collect::{Answers, BatchNotSent, Collector, Ending, NotSent};
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
@@ -101,11 +101,11 @@ impl<'a> Exchange<'a> {
 
 impl Connection {
     /// Sends a batch as one unit and reads its answers; see the module docs.
-    pub(crate) async fn exchange(&mut self, request: &Exchange<'_>) -> Result<Answers, NotSent> {
+    pub(crate) async fn exchange(&mut self, request: &Exchange<'_>) -> Result<Answers, BatchNotSent> {
         self.ready().await?;
         if self.in_caller_transaction() && request.end != End::Release {
             // Never end, or roll back, a transaction the caller opened.
-            return Err(NotSent::InCallerTransaction);
+            return Err(BatchNotSent::InCallerTransaction);
         }
         super::types::resolve(self, request.statements).await?;
         let transaction = match (request.end, request.restart) {
@@ -115,7 +115,7 @@ impl Connection {
             _ => request.begin.is_some() || self.status() == TxStatus::InTransaction,
         };
         if !transaction {
-            return Err(NotSent::NoTransaction);
+            return Err(BatchNotSent::NoTransaction);
         }
         self.forget_replication_warning();
         let (flight, prelude) = self.queue(request)?;

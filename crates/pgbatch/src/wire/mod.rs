@@ -32,7 +32,7 @@ mod tls;
 mod types;
 
 pub use cancel::CancelToken;
-pub(crate) use collect::{Answers, Ending, NotSent, Step};
+pub(crate) use collect::{Answers, BatchNotSent, Ending, NotSent, Step};
 pub use config::{Config, SslMode, TargetSessionAttrs};
 pub use connection::Connection;
 pub(crate) use connection::{EndBackend, Terminate, TxStatus};

@@ -12,7 +12,7 @@ use bb8::ManageConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::cancel::CancelToken;
-use super::collect::{Answers, Collector, Ending, NotSent, Step};
+use super::collect::{Answers, BatchNotSent, Collector, Ending, NotSent, Step};
 use super::connection::{Connection, EndBackend};
 use super::exchange::{End, Exchange};
 use super::pipeline::Pipeline;
@@ -236,13 +236,13 @@ impl Multiplexed {
         &self,
         statements: Vec<Arc<Statement>>,
         begin: Cow<'static, str>,
-    ) -> Result<Delivery, NotSent> {
+    ) -> Result<Delivery, BatchNotSent> {
         let admitted =
             tokio::time::timeout(self.shared.admission_timeout, self.shared.admission.clone().acquire_owned());
         let permit = match admitted.await {
             Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(NotSent::Closed),
-            Err(_) => return Err(NotSent::Pool(PoolError::TimedOut { last_connect_error: None })),
+            Ok(Err(_)) => return Err(NotSent::Closed.into()),
+            Err(_) => return Err(BatchNotSent::Pool(PoolError::TimedOut { last_connect_error: None })),
         };
         let lane = self
             .shared
@@ -254,7 +254,7 @@ impl Multiplexed {
         let (reply, answer) = oneshot::channel();
         let job = Job { statements, begin, reply, _permit: permit, _load: Load::new(&lane.load) };
         if lane.jobs.send(job).await.is_err() {
-            return Err(NotSent::Closed);
+            return Err(NotSent::Closed.into());
         }
         match answer.await {
             Ok(delivered) => delivered,
@@ -282,7 +282,7 @@ impl std::fmt::Debug for Multiplexed {
 struct Job {
     statements: Vec<Arc<Statement>>,
     begin: Cow<'static, str>,
-    reply: oneshot::Sender<Result<Delivery, NotSent>>,
+    reply: oneshot::Sender<Result<Delivery, BatchNotSent>>,
     /// Held until the batch is answered: the bound on batches given at once.
     _permit: OwnedSemaphorePermit,
     _load: Load,
@@ -290,7 +290,7 @@ struct Job {
 
 /// A job in flight: where its answer goes, and the backend it was sent to.
 struct Sent {
-    reply: oneshot::Sender<Result<Delivery, NotSent>>,
+    reply: oneshot::Sender<Result<Delivery, BatchNotSent>>,
     orphan: (CancelToken, Option<EndBackend>),
     _permit: OwnedSemaphorePermit,
     _load: Load,
@@ -410,15 +410,16 @@ impl Driver {
 
     /// Gives the connection (opened anew when lost) what `job` needs before it can be
     /// queued: its custom types, looked up in a round trip of their own.
-    async fn prepare(&mut self, job: &Job) -> Result<(), NotSent> {
+    async fn prepare(&mut self, job: &Job) -> Result<(), BatchNotSent> {
         if self.connection.as_ref().is_none_or(Connection::is_closed) {
             self.connection = None;
-            let connection = self.manager.connect().await.map_err(|error| NotSent::Pool(PoolError::Connect(error)))?;
+            let connection =
+                self.manager.connect().await.map_err(|error| BatchNotSent::Pool(PoolError::Connect(error)))?;
             self.connection = Some(connection);
         }
         let connection = self.connection.as_mut().expect("opened above");
         let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
-        super::types::resolve(connection, &statements).await
+        Ok(super::types::resolve(connection, &statements).await?)
     }
 }
 
@@ -444,7 +445,7 @@ fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
             pipeline.push(flight, prelude, Sent { reply, orphan, _permit, _load });
         }
         Err(not_sent) => {
-            let _ = reply.send(Err(not_sent));
+            let _ = reply.send(Err(not_sent.into()));
         }
     }
 }
@@ -456,7 +457,7 @@ fn deliver(sent: Sent, arrival: super::pipeline::Arrival) {
     if let Ending::Failed { step: Step::Prelude, error } = answers.ending {
         // The server skipped the batch: nothing of it ran.
         let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
-        let _ = sent.reply.send(Err(NotSent::Prelude { error, cleared }));
+        let _ = sent.reply.send(Err(NotSent::Prelude { error, cleared }.into()));
         return;
     }
     let lost = matches!(answers.ending, Ending::Lost { .. });
