@@ -49,23 +49,37 @@ impl Drop for Connection {
         }
         let Ok(runtime) = runtime else { return };
         runtime.spawn(async move {
-            let drained = drain_or_end(&mut io, pending, end_backend.as_ref()).await;
-            if drained {
+            let drain = drain_or_end(&mut io, pending, end_backend.as_ref()).await;
+            if drain == Drain::Drained {
                 io.queue().extend_from_slice(&goodbye);
             }
             io.close().await;
-            if let Some(end_backend) = end_backend.filter(|_| !drained) {
+            // An orphan already ended is not looked for again: that would open one more
+            // connection for nothing.
+            if let Some(end_backend) = end_backend.filter(|_| drain == Drain::GaveUp) {
                 end_backend(Terminate::Always).await;
             }
         });
     }
 }
 
+/// How draining a dropped connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// Every answer due came: the backend is idle.
+    Drained,
+    /// The backend waited for its client and was ended from another connection.
+    Ended,
+    /// The stream failed, or the answers did not come within [`DRAIN_ON_DROP`]: the backend
+    /// may still be there.
+    GaveUp,
+}
+
 /// Reads the `pending` answers still due on a dropped connection's stream (writing what is
-/// queued first); true when they all came. Whenever nothing has arrived for
-/// [`QUIET_ON_DROP`], asks `end_backend` to end the backend if it waits for its client, and
-/// gives up when it did, or after [`DRAIN_ON_DROP`].
-async fn drain_or_end(io: &mut Io, pending: usize, end_backend: Option<&EndBackend>) -> bool {
+/// queued first). Whenever nothing has arrived for [`QUIET_ON_DROP`], asks `end_backend` to
+/// end the backend if it waits for its client, and stops when it did; gives up on a failed
+/// stream or after [`DRAIN_ON_DROP`].
+async fn drain_or_end(io: &mut Io, pending: usize, end_backend: Option<&EndBackend>) -> Drain {
     let deadline = tokio::time::Instant::now() + DRAIN_ON_DROP;
     let mut due = pending;
     let mut written = false;
@@ -83,15 +97,15 @@ async fn drain_or_end(io: &mut Io, pending: usize, end_backend: Option<&EndBacke
         .await;
         match progress {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return false,
+            Ok(Err(_)) => return Drain::GaveUp,
             Err(_quiet) => {
                 if let Some(end_backend) = end_backend
                     && end_backend(Terminate::IfWaitingForClient).await
                 {
-                    return false;
+                    return Drain::Ended;
                 }
             }
         }
     }
-    due == 0
+    if due == 0 { Drain::Drained } else { Drain::GaveUp }
 }
