@@ -9,7 +9,7 @@ use crate::error::{
     StatementFailure, UnknownReason,
 };
 use crate::plan::{Entry, Fragment, IdempotencyKey, MarkerRow, Results};
-use crate::wire::{Answers, BatchNotSent, End, Ending, NotSent, PreludeOutcome, Step};
+use crate::wire::{Answers, BatchNotSent, End, Ending, NotSent, Position, PreludeOutcome};
 
 /// SQLSTATEs with which a server says it cannot tell whether a commit applied:
 /// `40003` (`statement_completion_unknown`, CockroachDB's "result is ambiguous") and
@@ -42,7 +42,7 @@ impl<E> Verdict<'_, E> {
                 let labels = self.body.entries.iter().map(|e| e.label.clone()).collect();
                 Ok(Results::new(outputs, labels, self.body.scopes.clone()))
             }
-            Ending::Failed { step: Step::Prelude, error } => {
+            Ending::Failed { at: Position::Prelude, error } => {
                 // The wire reports a failed prelude as not sent; should one come here, the
                 // batch did not run either.
                 let cleared = matches!(answers_prelude, PreludeOutcome::Failed { cleared: true });
@@ -52,10 +52,10 @@ impl<E> Verdict<'_, E> {
                     self.attempts,
                 ))))
             }
-            Ending::Failed { step: Step::Begin, error } => {
+            Ending::Failed { at: Position::Begin, error } => {
                 Err(Error::Begin(Box::new(BeginFailure::new(Cause::from_server(*error), self.attempts))))
             }
-            Ending::Failed { step: Step::Statement(index), error } => Err(self.statement_failed(index, *error)),
+            Ending::Failed { at: Position::Statement(index), error } => Err(self.statement_failed(index, *error)),
             ending => Err(self.end_verdict().judge(self.end, ending).expect_err("the other endings fail")),
         }
     }
@@ -111,7 +111,7 @@ impl EndVerdict {
     pub(crate) fn judge<E>(&self, end: End, ending: Ending) -> Result<(), Error<E>> {
         match ending {
             Ending::Done => Ok(()),
-            Ending::Failed { step: Step::End, error } => {
+            Ending::Failed { at: Position::End, error } => {
                 let unknown =
                     end == End::Commit && (error.ended_session() || OUTCOME_UNKNOWN_CODES.contains(error.code()));
                 if unknown {
@@ -119,10 +119,10 @@ impl EndVerdict {
                 }
                 Err(commit_failed(self.statement_count, *error, self.attempts))
             }
-            Ending::Failed { step, error } => {
+            Ending::Failed { at, error } => {
                 // A step before the end failed where none was expected (a second round
                 // trip has none): nothing committed.
-                tracing::debug!(?step, "a step failed before the end of a transaction");
+                tracing::debug!(position = ?at, "a step failed before the end of a transaction");
                 Err(commit_failed(self.statement_count, *error, self.attempts))
             }
             Ending::Lost { error, end_sent } if end_sent && end == End::Commit => {
@@ -224,8 +224,8 @@ mod tests {
         Box::new(ServerError::from_fields([(b'S', severity), (b'C', code), (b'M', message)]))
     }
 
-    fn failed(step: Step, code: &str) -> Ending {
-        Ending::Failed { step, error: server(code, "ERROR", "it failed") }
+    fn failed(at: Position, code: &str) -> Ending {
+        Ending::Failed { at, error: server(code, "ERROR", "it failed") }
     }
 
     fn answers(completed: usize, ending: Ending) -> Answers {
@@ -258,7 +258,7 @@ mod tests {
 
     #[test]
     fn a_failed_begin_is_a_begin_failure_with_its_cause() {
-        let error = judge(None, End::Commit, answers(0, failed(Step::Begin, "57014"))).unwrap_err();
+        let error = judge(None, End::Commit, answers(0, failed(Position::Begin, "57014"))).unwrap_err();
         let Error::Begin(failure) = &error else { panic!("{error:?}") };
         assert_eq!(failure.cause().code(), Some(&SqlState::QUERY_CANCELED));
         assert_eq!(error.attempts(), 2);
@@ -270,29 +270,30 @@ mod tests {
         use StatementOutcome::*;
         let expected = [[Failed, Skipped, Skipped], [RolledBack, Failed, Skipped], [RolledBack, RolledBack, Failed]];
         for (index, outcomes) in expected.into_iter().enumerate() {
-            let error = judge(None, End::Commit, answers(index, failed(Step::Statement(index), "23505"))).unwrap_err();
+            let error =
+                judge(None, End::Commit, answers(index, failed(Position::Statement(index), "23505"))).unwrap_err();
             let failure = error.statement_failure().unwrap_or_else(|| panic!("{error:?}"));
             assert_eq!((failure.index(), failure.label()), (index, Some(["first", "second", "third"][index])));
             assert!(matches!(failure.cause(), Cause::UniqueViolation(_)));
             assert_eq!(failure.outcomes().collect::<Vec<_>>(), outcomes);
         }
-        let transient = judge(None, End::Commit, answers(1, failed(Step::Statement(1), "40001"))).unwrap_err();
+        let transient = judge(None, End::Commit, answers(1, failed(Position::Statement(1), "40001"))).unwrap_err();
         assert!(transient.is_transient(), "a serialization failure can be replayed");
     }
 
     #[test]
     fn the_end_steps_failures_are_commit_failures_or_unknown() {
-        let error = judge(None, End::Commit, answers(3, failed(Step::End, "23503"))).unwrap_err();
+        let error = judge(None, End::Commit, answers(3, failed(Position::End, "23503"))).unwrap_err();
         assert!(matches!(&error, Error::Commit(f) if matches!(f.cause(), Cause::ForeignKeyViolation(_))), "{error:?}");
         for code in ["40003", "08007"] {
-            let error = judge(None, End::Commit, answers(3, failed(Step::End, code))).unwrap_err();
+            let error = judge(None, End::Commit, answers(3, failed(Position::End, code))).unwrap_err();
             assert!(matches!(&error, Error::OutcomeUnknown(u) if matches!(u.reason(), UnknownReason::Ambiguous(_))));
         }
         // The session ended while COMMIT ran: it may have committed.
-        let ended = Ending::Failed { step: Step::End, error: server("57P01", "FATAL", "terminating") };
+        let ended = Ending::Failed { at: Position::End, error: server("57P01", "FATAL", "terminating") };
         assert!(judge(None, End::Commit, answers(3, ended)).unwrap_err().may_have_committed());
         // A ROLLBACK that fails cannot have committed anything.
-        let ended = Ending::Failed { step: Step::End, error: server("57P01", "FATAL", "terminating") };
+        let ended = Ending::Failed { at: Position::End, error: server("57P01", "FATAL", "terminating") };
         assert!(matches!(judge(None, End::Rollback, answers(3, ended)), Err(Error::Commit(_))));
     }
 
@@ -313,17 +314,17 @@ mod tests {
     #[test]
     fn the_markers_failures_say_the_key_is_taken_or_the_table_is_wrong() {
         let key = IdempotencyKey::new("k");
-        let collided = judge(Some(&key), End::Commit, answers(0, failed(Step::Statement(0), "23505"))).unwrap_err();
+        let collided = judge(Some(&key), End::Commit, answers(0, failed(Position::Statement(0), "23505"))).unwrap_err();
         assert!(matches!(&collided, Error::AlreadyCommitted(a) if a.key() == "k"), "{collided:?}");
         let fence_lost = Ending::Failed {
-            step: Step::Statement(0),
+            at: Position::Statement(0),
             error: server("22P02", "ERROR", "invalid input syntax for type boolean: \"pgbatch fence lost\""),
         };
         assert!(matches!(judge(Some(&key), End::Commit, answers(0, fence_lost)), Err(Error::AlreadyCommitted(_))));
-        let missing = judge(Some(&key), End::Commit, answers(0, failed(Step::Statement(0), "42P01"))).unwrap_err();
+        let missing = judge(Some(&key), End::Commit, answers(0, failed(Position::Statement(0), "42P01"))).unwrap_err();
         assert!(matches!(missing, Error::IdempotencyMarker { .. }), "{missing:?}");
         // The batch's own statement 0 is wire statement 1.
-        let own = judge(Some(&key), End::Commit, answers(1, failed(Step::Statement(1), "23505"))).unwrap_err();
+        let own = judge(Some(&key), End::Commit, answers(1, failed(Position::Statement(1), "23505"))).unwrap_err();
         assert_eq!(own.statement_failure().map(StatementFailure::index), Some(0));
     }
 

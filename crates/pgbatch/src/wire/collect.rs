@@ -8,53 +8,19 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 
 use super::prelude::{Prelude, PreludeOutcome};
+use super::unit::{Answers, Ending, Position};
 use crate::codec::{Column, Row, StepOutput};
-use crate::error::{BuildError, ServerError, SqlState, WireError};
-
-/// A step of a batch's unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// A step of the [`Prelude`]: the `ROLLBACK` of an earlier transaction or the session
-    /// reset. Nothing of the unit itself ran.
-    Prelude,
-    Begin,
-    Statement(usize),
-    /// `COMMIT` or `ROLLBACK`.
-    End,
-}
-
-/// How a batch's unit ended, read from its answers.
-#[derive(Debug)]
-pub(crate) enum Ending {
-    /// Every step answered: the end step as asked (`COMMIT` committed, `ROLLBACK` rolled
-    /// back), or, without an end step, every statement ran and the transaction is open.
-    Done,
-    /// A step failed; the server skipped every step after it.
-    Failed { step: Step, error: Box<ServerError> },
-    /// The connection failed before the unit's answers were complete. `end_sent` says
-    /// whether the end step (`COMMIT`) had been written whole by then.
-    Lost { error: WireError, end_sent: bool },
-}
-
-/// What a batch's unit answered.
-#[derive(Debug)]
-pub(crate) struct Answers {
-    /// One output per statement that completed, in order.
-    pub(crate) outputs: Vec<StepOutput>,
-    pub(crate) ending: Ending,
-    /// What became of the prelude written before the unit.
-    pub(crate) prelude: PreludeOutcome,
-}
+use crate::error::{ServerError, SqlState, WireError};
 
 /// Follows a unit's answers step by step.
 pub(crate) struct Collector {
     /// Steps written before the unit's own, in the same segment.
     prelude: Prelude,
-    /// Steps before the statements (`BEGIN`, a savepoint), reported as [`Step::Begin`].
+    /// Steps before the statements (`BEGIN`, a savepoint), reported as [`Position::Begin`].
     prefix: usize,
     statements: usize,
     /// Steps between the statements and the end (releasing a savepoint), reported as
-    /// [`Step::End`].
+    /// [`Position::End`].
     suffix: usize,
     /// The tag the end step must answer with, if there is one.
     end_tag: Option<&'static str>,
@@ -63,7 +29,7 @@ pub(crate) struct Collector {
     columns: Option<Arc<[Column]>>,
     rows: Vec<Row>,
     outputs: Vec<StepOutput>,
-    failure: Option<(Step, Box<ServerError>)>,
+    failure: Option<(Position, Box<ServerError>)>,
     /// Whether the end step answered as asked.
     ended: bool,
 }
@@ -93,12 +59,12 @@ impl Collector {
     }
 
     /// The step the next answer belongs to.
-    fn step(&self) -> Step {
-        let Some(own) = self.completed.checked_sub(self.prelude.steps()) else { return Step::Prelude };
+    fn position(&self) -> Position {
+        let Some(own) = self.completed.checked_sub(self.prelude.steps()) else { return Position::Prelude };
         match own.checked_sub(self.prefix) {
-            None => Step::Begin,
-            Some(index) if index < self.statements => Step::Statement(index),
-            Some(_) => Step::End,
+            None => Position::Begin,
+            Some(index) if index < self.statements => Position::Statement(index),
+            Some(_) => Position::End,
         }
     }
 
@@ -117,7 +83,7 @@ impl Collector {
     /// What became of the prelude, from the answers read so far.
     fn prelude_outcome(&self) -> PreludeOutcome {
         match &self.failure {
-            Some((Step::Prelude, _)) => PreludeOutcome::Failed {
+            Some((Position::Prelude, _)) => PreludeOutcome::Failed {
                 cleared: self.prelude.discard_step().is_some_and(|discard| self.completed > discard),
             },
             _ if self.completed >= self.prelude.steps() => PreludeOutcome::Done,
@@ -149,7 +115,7 @@ impl Collector {
                     tracing::debug!("an error after the transaction ended is not the batch's");
                 } else if self.failure.is_none() {
                     // After an error the server skips to the Sync: there is only one.
-                    self.failure = Some((self.step(), Box::new(ServerError::parse(body.fields()))));
+                    self.failure = Some((self.position(), Box::new(ServerError::parse(body.fields()))));
                 }
             }
             Message::ReadyForQuery(_) => return Ok(true),
@@ -162,21 +128,21 @@ impl Collector {
     }
 
     fn complete(&mut self, tag: &str) {
-        let step = self.step();
-        if !matches!(step, Step::Statement(_)) {
+        let position = self.position();
+        if !matches!(position, Position::Statement(_)) {
             // Rows of a step that is not a statement (a setup `SELECT`) are nobody's.
             self.rows.clear();
             self.columns = None;
         }
-        match step {
-            Step::Prelude | Step::Begin => {}
-            Step::Statement(_) => {
+        match position {
+            Position::Prelude | Position::Begin => {}
+            Position::Statement(_) => {
                 self.columns = None;
                 let affected = tag.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
                 self.outputs.push(StepOutput { rows: std::mem::take(&mut self.rows), affected });
             }
-            Step::End if !self.at_end() => {}
-            Step::End => match self.end_tag {
+            Position::End if !self.at_end() => {}
+            Position::End => match self.end_tag {
                 Some(expected) if tag == expected => self.ended = true,
                 // `COMMIT` of a transaction the server had already aborted answers
                 // `ROLLBACK`. With one Sync per unit an abort shows as an error first, so
@@ -186,7 +152,7 @@ impl Collector {
                         SqlState::IN_FAILED_SQL_TRANSACTION,
                         format!("the server answered the end of the transaction with {tag:?}: it rolled back"),
                     );
-                    self.failure.get_or_insert((Step::End, Box::new(error)));
+                    self.failure.get_or_insert((Position::End, Box::new(error)));
                 }
             },
         }
@@ -202,7 +168,7 @@ impl Collector {
     pub(crate) fn finish(self) -> Answers {
         let prelude = self.prelude_outcome();
         let ending = match self.failure {
-            Some((step, error)) => Ending::Failed { step, error },
+            Some((at, error)) => Ending::Failed { at, error },
             None if self.end_tag.is_some() && !self.ended => {
                 Ending::Lost { error: protocol("the unit ended without its end step's answer"), end_sent: true }
             }
@@ -216,7 +182,7 @@ impl Collector {
         let prelude = self.prelude_outcome();
         let ending = match self.failure {
             // What the server said before the connection failed stands.
-            Some((step, error)) => Ending::Failed { step, error },
+            Some((at, error)) => Ending::Failed { at, error },
             None if self.ended => Ending::Done,
             None => Ending::Lost { error, end_sent },
         };
@@ -242,49 +208,6 @@ fn row(columns: Arc<[Column]>, body: &DataRowBody) -> Result<Row, WireError> {
         return Err(protocol("a data row whose width does not match its description"));
     }
     Ok(Row::new(columns, body.buffer_bytes().clone(), values))
-}
-
-/// Why a unit (a batch, a caller's request, a read of pgbatch's own) was not sent at all,
-/// or was skipped by the server before any of it ran.
-#[derive(Debug)]
-pub(crate) enum NotSent {
-    /// The connection was already closed or broken, or failed while the answers of an
-    /// earlier exchange were read.
-    Closed,
-    /// The connection failed while looking up custom types.
-    Wire(WireError),
-    /// A custom type does not exist.
-    UnknownType(BuildError),
-    /// The protocol encoder refused statement `index` (the checks at push should have).
-    Encode { index: usize, error: std::io::Error },
-    /// The prelude written before the unit in the same segment (the `ROLLBACK` of an earlier
-    /// transaction, the session reset) failed, so the server skipped the unit: nothing of it
-    /// ran. `cleared` says whether `DISCARD ALL` had completed (only the setup failed, or a
-    /// cancel the reset drew was delivered late): the connection is then kept, its reset
-    /// still due; otherwise it was given up with its session.
-    Prelude { error: Box<ServerError>, cleared: bool },
-}
-
-/// Why a batch was not sent: what any unit may meet, or a reason of a batch's own. A
-/// caller's request never meets the latter, so its path returns [`NotSent`] alone.
-#[derive(Debug)]
-pub(crate) enum BatchNotSent {
-    /// What any unit may meet.
-    Unit(NotSent),
-    /// A two-phase batch's second round trip found no open transaction.
-    NoTransaction,
-    /// The connection is inside a transaction the caller opened, which this exchange would
-    /// have to end: it is refused, never rolled back.
-    InCallerTransaction,
-    /// No connection to send it on: none could be opened, or none was free in time (a
-    /// multiplexed client).
-    Pool(crate::error::PoolError),
-}
-
-impl From<NotSent> for BatchNotSent {
-    fn from(reason: NotSent) -> Self {
-        BatchNotSent::Unit(reason)
-    }
 }
 
 /// The collector fed recorded answer streams, byte by byte: no server needed.
@@ -389,13 +312,13 @@ mod tests {
 
     #[test]
     fn an_error_at_each_step_is_that_steps_failure() {
-        let expected = [Step::Begin, Step::Statement(0), Step::Statement(1), Step::End];
+        let expected = [Position::Begin, Position::Statement(0), Position::Statement(1), Position::End];
         for (fail, step) in expected.into_iter().enumerate() {
             let (collector, ready) = feed(&stream(Some(fail)), 3);
             assert!(ready);
             let answers = collector.finish();
             match answers.ending {
-                Ending::Failed { step: failed, error } => {
+                Ending::Failed { at: failed, error } => {
                     assert_eq!(failed, step);
                     assert_eq!(*error.code(), SqlState::UNIQUE_VIOLATION);
                 }
@@ -459,7 +382,7 @@ mod tests {
         rolled_back.extend(message(b'Z', b"I"));
         let answers = feed(&rolled_back, 5).0.finish();
         assert!(
-            matches!(&answers.ending, Ending::Failed { step: Step::End, error } if *error.code() == SqlState::IN_FAILED_SQL_TRANSACTION),
+            matches!(&answers.ending, Ending::Failed { at: Position::End, error } if *error.code() == SqlState::IN_FAILED_SQL_TRANSACTION),
             "{:?}",
             answers.ending
         );

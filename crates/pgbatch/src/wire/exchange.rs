@@ -33,13 +33,14 @@
 
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, BatchNotSent, Collector, Ending, NotSent};
+use super::collect::Collector;
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
 use super::sql::{COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT};
 use super::step::{queue_unit, step};
 use super::types::WireBinds;
+use super::unit::{Answers, BatchNotSent, Ending, NotSent};
 use crate::codec::Statement;
 use crate::error::WireError;
 

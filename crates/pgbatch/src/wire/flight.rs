@@ -12,8 +12,9 @@ use std::task::{Context, Poll};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, Collector, Ending};
+use super::collect::Collector;
 use super::connection::{Connection, TxStatus};
+use super::unit::{Answers, Ending};
 use crate::error::{ServerError, SqlState, WireError};
 
 /// One unit due.

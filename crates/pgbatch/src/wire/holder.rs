@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, Ending, NotSent, Step};
 use super::connection::{Connection, TxStatus};
 use super::prelude::{Prelude, PreludeOutcome};
 use super::session::SessionReset;
 use super::sql::BEGIN;
+use super::unit::{Answers, Ending, NotSent, Position};
 
 /// How long giving up a session behind a pooler waits for its `BEGIN` to be answered.
 const END_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -87,7 +87,7 @@ impl Connection {
             self.end_session().await;
         }
         match answers.ending {
-            Ending::Failed { step: Step::Prelude, error } => {
+            Ending::Failed { at: Position::Prelude, error } => {
                 let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
                 Err(NotSent::Prelude { error, cleared })
             }

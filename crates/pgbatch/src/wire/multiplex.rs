@@ -5,20 +5,16 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use bb8::ManageConnection;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::cancel::CancelToken;
-use super::collect::{Answers, BatchNotSent, Collector, Ending, NotSent, Step};
-use super::connection::{Connection, EndBackend};
-use super::exchange::{End, Exchange};
-use super::pipeline::Pipeline;
+use super::collect::Collector;
+use super::driver::{Delivery, Driver, Job, Load};
 use super::pool::{ConnectionManager, Pool};
-use super::prelude::PreludeOutcome;
 use super::sql::COMMIT;
+use super::unit::{BatchNotSent, NotSent};
 use crate::codec::Statement;
 use crate::error::{ConnectError, PoolError, WireError};
 use crate::plan::RetryPolicy;
@@ -111,7 +107,7 @@ impl MultiplexedBuilder {
     /// session mode (default false).
     ///
     /// Behind a pooler (connections without a backend of their own, see
-    /// [`Connection::has_own_backend`]) and without this, the client keeps one batch in
+    /// [`Connection::has_own_backend`](crate::Connection::has_own_backend)) and without this, the client keeps one batch in
     /// flight per connection: PgBouncer before 1.21, when a client disconnects just after
     /// one batch was answered, hands the server connection to its next client with the
     /// answers of the batches written behind that one still to come, and that client reads
@@ -179,15 +175,6 @@ impl MultiplexedBuilder {
             }),
         })
     }
-}
-
-/// What a batch given to a [`Multiplexed`] client brought back.
-pub(crate) struct Delivery {
-    pub(crate) answers: Answers,
-    pub(crate) replication_unconfirmed: bool,
-    /// The backend the batch was sent to, when its connection was lost: settling its
-    /// outcome ends (or cancels) it first.
-    pub(crate) orphan: Option<(CancelToken, Option<EndBackend>)>,
 }
 
 impl Multiplexed {
@@ -276,195 +263,4 @@ impl std::fmt::Debug for Multiplexed {
             .field("load", &self.load())
             .finish()
     }
-}
-
-/// A batch given to a driver.
-struct Job {
-    statements: Vec<Arc<Statement>>,
-    begin: Cow<'static, str>,
-    reply: oneshot::Sender<Result<Delivery, BatchNotSent>>,
-    /// Held until the batch is answered: the bound on batches given at once.
-    _permit: OwnedSemaphorePermit,
-    _load: Load,
-}
-
-/// A job in flight: where its answer goes, and the backend it was sent to.
-struct Sent {
-    reply: oneshot::Sender<Result<Delivery, BatchNotSent>>,
-    orphan: (CancelToken, Option<EndBackend>),
-    _permit: OwnedSemaphorePermit,
-    _load: Load,
-}
-
-/// Counts a batch in its lane's load for as long as it lives.
-struct Load(Arc<AtomicUsize>);
-
-impl Load {
-    fn new(load: &Arc<AtomicUsize>) -> Self {
-        load.fetch_add(1, Ordering::Relaxed);
-        Load(Arc::clone(load))
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The task that owns one connection.
-struct Driver {
-    manager: ConnectionManager,
-    queue: mpsc::Receiver<Job>,
-    /// `None` between a lost (or retired) connection and the next batch, which opens one.
-    connection: Option<Connection>,
-    depth: usize,
-}
-
-/// Why the driver stopped polling.
-enum Wake {
-    /// A job needs the connection to itself first (a new connection, a custom-type lookup).
-    Exclusive(Job),
-    /// The connection is to be replaced once nothing is in flight.
-    Retire,
-    /// The client was dropped and every batch has been answered.
-    Done,
-}
-
-impl Driver {
-    async fn run(mut self) {
-        let mut pipeline: Pipeline<Sent> = Pipeline::new();
-        loop {
-            match self.step(&mut pipeline).await {
-                Wake::Done => return,
-                Wake::Retire => {
-                    if let Some(mut connection) = self.connection.take() {
-                        // Behind a pooler, its server session must not go back to the
-                        // pooler's pool as it is.
-                        connection.end_session().await;
-                    }
-                }
-                Wake::Exclusive(job) => {
-                    if let Err(not_sent) = self.prepare(&job).await {
-                        let _ = job.reply.send(Err(not_sent));
-                        continue;
-                    }
-                    // The caller may have gone meanwhile: then nothing is sent.
-                    if !job.reply.is_closed() {
-                        let connection = self.connection.as_mut().expect("prepared");
-                        queue(connection, job, &mut pipeline);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Takes jobs and lands flights until a job needs the connection alone (with nothing
-    /// in flight), the connection is to be retired, or the client is gone.
-    async fn step(&mut self, pipeline: &mut Pipeline<Sent>) -> Wake {
-        let mut retiring = false;
-        let mut waiting: Option<Job> = None;
-        std::future::poll_fn(|cx| {
-            loop {
-                while waiting.is_none() && !retiring && pipeline.len() < self.depth {
-                    match self.queue.poll_recv(cx) {
-                        Poll::Ready(Some(job)) if job.reply.is_closed() => {} // its caller is gone
-                        Poll::Ready(Some(job)) => {
-                            // With nothing in flight, what has arrived meanwhile is read
-                            // first (no round trip): a server that ended the session is
-                            // noticed before a batch is written to it, and the batch goes
-                            // to a new connection instead.
-                            if pipeline.is_empty() && self.connection.as_mut().is_some_and(|c| c.check().is_err()) {
-                                self.connection = None;
-                            }
-                            match self.connection.as_mut() {
-                                Some(connection) if types_known(connection, &job) => queue(connection, job, pipeline),
-                                _ => waiting = Some(job),
-                            }
-                        }
-                        Poll::Ready(None) if pipeline.is_empty() => return Poll::Ready(Wake::Done),
-                        Poll::Ready(None) | Poll::Pending => break,
-                    }
-                }
-                if pipeline.is_empty() {
-                    if let Some(job) = waiting.take() {
-                        return Poll::Ready(Wake::Exclusive(job));
-                    }
-                    if retiring {
-                        return Poll::Ready(Wake::Retire);
-                    }
-                    return Poll::Pending;
-                }
-                let connection = self.connection.as_mut().expect("flights are in flight on a connection");
-                let landed = pipeline.poll(connection, cx, |sent, arrival| {
-                    retiring |= !arrival.connection_fit;
-                    deliver(sent, arrival);
-                });
-                if landed.is_pending() {
-                    return Poll::Pending;
-                }
-            }
-        })
-        .await
-    }
-
-    /// Gives the connection (opened anew when lost) what `job` needs before it can be
-    /// queued: its custom types, looked up in a round trip of their own.
-    async fn prepare(&mut self, job: &Job) -> Result<(), BatchNotSent> {
-        if self.connection.as_ref().is_none_or(Connection::is_closed) {
-            self.connection = None;
-            let connection =
-                self.manager.connect().await.map_err(|error| BatchNotSent::Pool(PoolError::Connect(error)))?;
-            self.connection = Some(connection);
-        }
-        let connection = self.connection.as_mut().expect("opened above");
-        let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
-        Ok(super::types::resolve(connection, &statements).await?)
-    }
-}
-
-/// Whether `connection` has looked up every custom type `job` binds.
-fn types_known(connection: &Connection, job: &Job) -> bool {
-    job.statements
-        .iter()
-        .flat_map(|statement| statement.binds.custom_types())
-        .all(|name| connection.custom_type(name).is_some())
-}
-
-/// Queues `job` on `connection` behind the flights due, or answers it at once when it
-/// cannot be encoded (nothing of it is then written).
-fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
-    let Job { statements, begin, reply, _permit, _load } = job;
-    let statements: Vec<&Statement> = statements.iter().map(|statement| &**statement).collect();
-    let exchange = Exchange::new(Some(&begin), &statements, End::Commit);
-    // Each batch is a holder of its own: the one ahead hands the session over.
-    connection.hand_over();
-    match connection.queue_pipelined(&exchange) {
-        Ok((flight, prelude)) => {
-            let orphan = (connection.cancel_token(), connection.end_backend());
-            pipeline.push(flight, prelude, Sent { reply, orphan, _permit, _load });
-        }
-        Err(not_sent) => {
-            let _ = reply.send(Err(not_sent.into()));
-        }
-    }
-}
-
-/// Hands a landed flight's answers to its caller (if it is still waiting).
-fn deliver(sent: Sent, arrival: super::pipeline::Arrival) {
-    let mut answers = arrival.landed.answers;
-    let answers = answers.pop().expect("a batch's flight collects its unit");
-    if let Ending::Failed { step: Step::Prelude, error } = answers.ending {
-        // The server skipped the batch: nothing of it ran.
-        let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
-        let _ = sent.reply.send(Err(NotSent::Prelude { error, cleared }.into()));
-        return;
-    }
-    let lost = matches!(answers.ending, Ending::Lost { .. });
-    let delivery = Delivery {
-        answers,
-        replication_unconfirmed: arrival.replication_unconfirmed,
-        orphan: lost.then_some(sent.orphan),
-    };
-    let _ = sent.reply.send(Ok(delivery));
 }

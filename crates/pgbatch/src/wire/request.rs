@@ -19,12 +19,13 @@
 
 use postgres_protocol::message::frontend;
 
-use super::collect::{Answers, Collector, Ending, NotSent, Step};
+use super::collect::Collector;
 use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
 use super::prelude::Prelude;
 use super::step::{queue_unit, step};
 use super::types::WireBinds;
+use super::unit::{Answers, Ending, NotSent, Position};
 use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
 
@@ -72,7 +73,7 @@ impl Connection {
                 SqlState::IN_FAILED_SQL_TRANSACTION,
                 "COMMIT rolled the transaction back: a statement in it had failed".to_owned(),
             );
-            answers.ending = Ending::Failed { step: Step::End, error: Box::new(error) };
+            answers.ending = Ending::Failed { at: Position::End, error: Box::new(error) };
         }
         Ok(answers)
     }

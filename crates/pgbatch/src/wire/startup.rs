@@ -13,7 +13,6 @@ use tokio_postgres::config::Host;
 
 use super::backend::{Backend, IDENTIFY, identity};
 use super::cancel::CancelToken;
-use super::collect::{Answers, Ending};
 use super::config::{Config, TargetSessionAttrs};
 use super::connection::{Connection, EndBackend};
 use super::flight::{Flight, Unit};
@@ -21,6 +20,7 @@ use super::io::Io;
 use super::session::Session;
 use super::socket::{Target, open_socket, targets};
 use super::step::queue_read;
+use super::unit::{Answers, Ending};
 use crate::error::{ConnectError, ServerError, WireError};
 
 /// How long connecting to one host may take when the configuration sets no

@@ -8,10 +8,10 @@
 //! one the batch means. Result columns of custom types need no lookup: rows arrive in binary with their
 //! OIDs, and Diesel decodes them from the bytes.
 
-use super::collect::{Ending, NotSent};
 use super::connection::Connection;
 use super::flight::Flight;
 use super::step::queue_read_after;
+use super::unit::{Ending, NotSent};
 use crate::codec::{Statement, TypeName};
 use crate::error::{BuildError, WireError};
 
