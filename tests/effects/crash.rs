@@ -3,8 +3,9 @@
 //! then recovered and audited. The books must balance: bytes billed equal bytes stored, no
 //! object without a row, no row without its object, no upload billed twice.
 //!
-//! `PGBATCH_CRASH_ROUNDS` (default 30) sets how many rounds run; each round kills one
-//! upload at each of the six step boundaries and six at random moments.
+//! 10 rounds run, 30 with `PGBATCH_TEST_SIZE=full` (what CI runs), or what
+//! `PGBATCH_CRASH_ROUNDS` says; each round kills one upload at each of the six step
+//! boundaries and six at random moments.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -129,7 +130,7 @@ async fn kill_after(mut child: Child, delay: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_killed_at_every_step_and_at_random_leave_balanced_books_after_recovery() {
-    let rounds: usize = std::env::var("PGBATCH_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let rounds: usize = pgbatch_testing::TestSize::from_env().pick("PGBATCH_CRASH_ROUNDS", 10, 30);
     let db = TestDatabase::create().await.expect("a test database");
     let store = std::env::temp_dir().join(format!("pgbatch-upload-crash-{}", std::process::id()));
     let run = Run { binary: example_binary(), url: db.url(), store: store.clone() };

@@ -9,14 +9,15 @@ use pgbatch_testing::LocalCluster;
 
 use crate::support::*;
 
-/// Crashes the server at a range of delays into a batch that sleeps in its middle.
-pub async fn crashes() -> Sweep {
+/// Crashes the server at a range of delays into a batch that sleeps in its middle, every
+/// `step_ms` from 0 to 90 ms.
+pub async fn crashes(step_ms: usize) -> Sweep {
     let cluster = tokio::task::spawn_blocking(|| LocalCluster::start(&[])).await.unwrap().expect("a private cluster");
     let mut faults = Faults::on(&cluster.config()).await;
     let name = "sweep-crash";
     let pool = faults.pool(name, None, 2).await;
     let mut sweep = Sweep::default();
-    for (case, delay_ms) in (0..=90u64).step_by(6).enumerate() {
+    for (case, delay_ms) in (0..=90u64).step_by(step_ms).enumerate() {
         let tag = format!("{name}-{case:02}");
         let (batch, _) = keyed(&tag, Some(0.05));
         // The batch starts on a connection that is already open.

@@ -7,7 +7,8 @@
 //! it starts with: it must never see another holder's (`session_leaks`), and never fail on
 //! another holder's transaction state (`foreign_failures`).
 //!
-//! `PGBATCH_STORM_SECONDS` sets each storm's length (20 s by default).
+//! Each storm lasts 5 s, 20 s with `PGBATCH_TEST_SIZE=full` (what CI runs), or what
+//! `PGBATCH_STORM_SECONDS` says.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,7 @@ enum Storm {
 }
 
 fn storm_length() -> Duration {
-    let seconds = std::env::var("PGBATCH_STORM_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let seconds = pgbatch_testing::TestSize::from_env().pick("PGBATCH_STORM_SECONDS", 5, 20);
     Duration::from_secs(seconds)
 }
 

@@ -4,15 +4,21 @@
 //! its network stalled while the caller's timeout drops it, and its server crashed and
 //! restarted (see `crash.rs`); and a stream of several callers' keyed batches on one
 //! shared connection of a [`Multiplexed`] client cut at a spread of bytes of its requests
-//! and of its answers. Every case is judged the
-//! same way (see `Sweep::judge`) and the whole sweep prints one line:
+//! and of its answers. Every case is judged the same way (see `Sweep::judge`) and the whole
+//! sweep prints one line:
 //!
 //! `fault-sweeps: cases=N partial_states=0 misreports=0 leaked_transactions=0 unsettled=0`
+//!
+//! At full size (`PGBATCH_TEST_SIZE=full`, what CI runs) the byte cuts take every byte and
+//! the multiplexed stream is cut at 90 points a side, and the server crashed every 6 ms into
+//! a batch; by default every seventh byte, 30 points and every 18 ms
+//! (`PGBATCH_SWEEP_STRIDE`, `PGBATCH_SWEEP_POINTS` and `PGBATCH_SWEEP_CRASH_STEP_MS` set them
+//! directly).
 
 use std::time::Duration;
 
 use pgbatch::{Batch, Connection, ConnectionManager, Multiplexed};
-use pgbatch_testing::{Fault, Proxy};
+use pgbatch_testing::{Fault, Proxy, TestSize};
 
 use crate::support::*;
 
@@ -47,14 +53,14 @@ async fn measure(faults: &Faults, name: &str) -> (u64, u64) {
 }
 
 /// Cuts the connection after exactly k bytes of the request (`client`) or of the answers,
-/// for every k.
-async fn byte_cuts(faults: &Faults, client: bool) -> Sweep {
+/// for every k that is a multiple of `stride` (1 at full size: every byte), and the last.
+async fn byte_cuts(faults: &Faults, client: bool, stride: u64) -> Sweep {
     let name = if client { "sweep-cut-request" } else { "sweep-cut-answers" };
     let (request, answers) = measure(faults, name).await;
     let total = if client { request } else { answers };
     let mut sweep = Sweep::default();
     let (proxy, pool) = proxied(faults, name).await;
-    for k in 0..=total {
+    for k in (0..=total).filter(|k| k % stride == 0 || *k == total) {
         warm(&pool).await;
         proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
         let tag = tag(name, k);
@@ -76,7 +82,7 @@ async fn pool_runs(pool: &Pool, name: &str) {
 /// Cuts a stream carrying `CALLERS` callers' keyed batches, multiplexed on one shared
 /// connection, after k bytes of the requests (`client`) or of the answers, for a spread of
 /// k over the whole stream: each batch in flight gets its own verdict, judged as any other.
-async fn multiplexed_cuts(faults: &Faults, client: bool) -> Sweep {
+async fn multiplexed_cuts(faults: &Faults, client: bool, points: usize) -> Sweep {
     const CALLERS: u64 = 3;
     let name = if client { "sweep-multiplexed-cut-request" } else { "sweep-multiplexed-cut-answers" };
     let proxy = faults.db.proxy().await.expect("a TCP server").start().await.expect("a proxy");
@@ -113,7 +119,7 @@ async fn multiplexed_cuts(faults: &Faults, client: bool) -> Sweep {
     }
     let total = if client { proxy.client_bytes() - requests } else { proxy.server_bytes() - answers };
     let mut sweep = Sweep::default();
-    for k in (0..=total).step_by((total as usize / 90).max(1)) {
+    for k in (0..=total).step_by((total as usize / points).max(1)) {
         warm().await;
         proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
         let fired = proxy.cuts();
@@ -261,14 +267,22 @@ async fn stalls(faults: &Faults) -> Sweep {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_sweeps() {
     let faults = Faults::new().await;
+    let size = TestSize::from_env();
+    let stride = size.pick("PGBATCH_SWEEP_STRIDE", 7, 1);
+    let points = size.pick("PGBATCH_SWEEP_POINTS", 30, 90);
+    let crash_step_ms = size.pick("PGBATCH_SWEEP_CRASH_STEP_MS", 18, 6);
+    println!(
+        "fault sweeps at {size:?} size: byte cuts every {stride} byte(s), {points} cuts of a multiplexed stream a \
+         side, crashes every {crash_step_ms} ms"
+    );
     let mut sweep = Sweep::default();
-    sweep.add(byte_cuts(&faults, true).await);
-    sweep.add(byte_cuts(&faults, false).await);
-    sweep.add(multiplexed_cuts(&faults, true).await);
-    sweep.add(multiplexed_cuts(&faults, false).await);
+    sweep.add(byte_cuts(&faults, true, stride).await);
+    sweep.add(byte_cuts(&faults, false, stride).await);
+    sweep.add(multiplexed_cuts(&faults, true, points).await);
+    sweep.add(multiplexed_cuts(&faults, false, points).await);
     sweep.add(drops(&faults).await);
     sweep.add(kills(&faults).await);
     sweep.add(stalls(&faults).await);
-    sweep.add(crate::crash::crashes().await);
+    sweep.add(crate::crash::crashes(crash_step_ms).await);
     sweep.report_and_assert("fault-sweeps");
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::Bool;
+use diesel::sql_types::{Bool, Text};
 use pgbatch::{Batch, Config, ConnectError, Connection, ConnectionManager};
 use pgbatch_testing::LocalCluster;
 use tokio::sync::OnceCell;
@@ -133,6 +133,37 @@ async fn prefer_uses_tls_when_offered() {
     let server = server().await;
     let mut connection = Connection::connect(&server.url("127.0.0.1", "prefer", None)).await.unwrap();
     assert!(batch_sees_tls(&mut connection).await);
+}
+
+/// The cipher of a batch's own session, as the server saw it negotiated.
+async fn session_cipher(connection: &mut Connection) -> String {
+    let mut batch = Batch::new();
+    let cipher = batch
+        .push(diesel::select(diesel::dsl::sql::<Text>(
+            "(SELECT cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid())",
+        )))
+        .one();
+    batch.run(connection).await.expect("a batch over TLS").get(&cipher).unwrap()
+}
+
+/// An application that installs a process-wide rustls provider (as it would to choose
+/// aws-lc-rs's post-quantum key exchange) has pgbatch use it. The provider installed here
+/// offers one cipher suite only, which the server then reports; ring's own provider
+/// prefers AES-256-GCM, so the test cannot pass on the fallback. Installing it changes the
+/// provider of this binary's other tests too, which all still work: it is ring's, narrowed.
+#[tokio::test]
+async fn a_crypto_provider_the_application_installed_is_the_one_used() {
+    use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
+    let server = server().await;
+    #[allow(deprecated)] // rustls 0.23.48 deprecates ring's provider; it is what the test narrows.
+    let narrowed = CryptoProvider {
+        cipher_suites: vec![ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256],
+        ..ring::default_provider()
+    };
+    // Another test of this binary may not install one: this is the only one that does.
+    narrowed.install_default().expect("no provider was installed before");
+    let mut connection = Connection::connect(&server.url("127.0.0.1", "require", None)).await.unwrap();
+    assert_eq!(session_cipher(&mut connection).await, "TLS_CHACHA20_POLY1305_SHA256");
 }
 
 #[tokio::test]

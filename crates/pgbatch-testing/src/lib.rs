@@ -65,6 +65,12 @@
 //! assert_eq!(client.query_one("SELECT count(*) FROM t", &[]).await?.get::<_, i64>(0), 0);
 //! # Ok(()) }
 //! ```
+//!
+//! # Long tests
+//!
+//! Storms, fault sweeps and crash rounds read their size through [`TestSize`]: quick by
+//! default, full with `PGBATCH_TEST_SIZE=full`, and each size variable of its own
+//! (`PGBATCH_STORM_SECONDS`, ...) wins over both.
 
 mod cluster;
 mod container;
@@ -75,6 +81,7 @@ mod harness;
 mod inspect;
 mod proxy;
 mod schema;
+mod size;
 mod template;
 mod tls;
 
@@ -89,4 +96,5 @@ pub use inspect::{count, query_rows, query_value};
 pub use pgbatch_testing_macros::test;
 pub use proxy::{Fault, Proxy, ProxyBuilder};
 pub use schema::SchemaError;
+pub use size::{SIZE_VARIABLE, TestSize};
 pub use template::MigratedError;

@@ -21,8 +21,8 @@ use crate::error::{BuildError, Error};
 use crate::plan::Marker;
 pub use crate::plan::{DEFAULT_TABLE, IdempotencyKey};
 use crate::plan::{ddl, purge_sql};
+use crate::pool::Acquire;
 use crate::run::{fence_or_read, maintenance};
-use crate::wire::Acquire;
 
 /// Whether the batch with a given key committed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -285,61 +285,11 @@
 //! [`ConnectError::Config`] naming the feature. Client certificates (`sslcert`, `sslkey`)
 //! and `SCRAM-SHA-256-PLUS` channel binding are not supported yet.
 //!
-//! # PgBouncer
+//! The cryptography is the application's process-wide rustls provider when it installed one
+//! (`CryptoProvider::install_default`, for example aws-lc-rs's, whose key exchange is
+//! post-quantum), and ring's otherwise.
 //!
-//! pgbatch works behind PgBouncer in **transaction** pooling mode as well as in session
-//! mode, because everything it sends fits one server transaction:
-//!
-//! - a batch is one transaction (`BEGIN` to `COMMIT` in one unit), sent with unnamed
-//!   statements only, so it cannot be split across server connections;
-//! - a two-phase batch keeps its transaction open between its two round trips, and PgBouncer
-//!   keeps the server connection for an open transaction;
-//! - custom types (enums, domains) are looked up with unnamed statements, each in a unit of
-//!   its own, *before* anything of the batch is sent; their OIDs are the same on every
-//!   server connection of a database, so the per-connection cache stays right;
-//! - behind a pooler, every unit that starts outside a transaction may land on a server
-//!   session another client just left, so every such unit begins with the session reset in
-//!   its own `Sync` segment (see [Session state](#session-state)): it never runs on what
-//!   another client left, whatever route set it, and a server session whose reset failed is
-//!   left inside a transaction as the client goes, which makes PgBouncer close it rather
-//!   than hand it on. A holder keeps, there, only what lives inside one transaction;
-//! - an error that reaches the client after `COMMIT` was answered (PgBouncer or the server
-//!   acting on a timeout before it reads the `Sync`) does not turn the committed batch into
-//!   a failure;
-//! - a [`Multiplexed`] client keeps one batch in flight per connection behind a pooler
-//!   (see [Multiplexing](#multiplexing)).
-//!
-//! One hazard is PgBouncer's and cannot be closed from the client: PgBouncer before 1.21
-//! does not count the `Sync`s a client has written, so a client whose connection ends in
-//! the instant between the answer to its batch and the answer to the `ROLLBACK` behind it
-//! leaves that server connection to the next client with that answer still due (PgBouncer
-//! 1.21 ends such a server connection instead). The next client's unit resets the session
-//! before it runs either way.
-//!
-//! pgbatch's own test suite runs through PgBouncer 1.18 in transaction mode (see
-//! `.ci/pgbouncer` in the repository), enums in binds and result columns included. What
-//! does not carry over in transaction mode, and why:
-//!
-//! - the startup parameter `options` (for example `-c statement_timeout=...`) is dropped or
-//!   refused by PgBouncer; set such limits per batch in SQL (`SET LOCAL` inside the batch)
-//!   or on the database or role (`ALTER ROLE ... SET`);
-//! - cancel requests: [`CancelToken::cancel_query`] waits until PgBouncer closes the
-//!   cancel connection, which it does once it has forwarded the request; a client that
-//!   closes first has its request dropped unforwarded, and trips a bug of PgBouncer before
-//!   1.19.1 that ends PgBouncer itself (pgbatch's own cancel storm runs through Debian's
-//!   PgBouncer 1.18 in CI). Any PgBouncer version is safe with pgbatch's cancels;
-//! - an orphaned backend cannot be ended by process id (the process id a client sees is
-//!   PgBouncer's): PgBouncer ends the server connection when the client's side closes, and
-//!   its `idle_transaction_timeout` bounds a client that stalled;
-//! - a cancel request ([`CancelToken`]) reaches the server only while the client is linked
-//!   to a server connection, that is, while its batch runs;
-//! - the [`tokio_postgres`] client this crate re-exports prepares *named* statements for
-//!   `query`/`execute`, which PgBouncer 1.18 can route to another server connection than
-//!   the one that prepared them; beside pgbatch use `simple_query` or `query_typed`, or
-//!   PgBouncer 1.21+ with `max_prepared_statements`.
-//!
-//! Measured on loopback (`cargo run --release -p pgbatch-bench --bin pgbouncer`), PgBouncer
-//! adds 0.04–0.07 ms to a two-statement batch (see `docs/benchmarks.md`).
+#![doc = include_str!("../docs/pgbouncer.md")]
 //!
 //! # Observability
 //!
@@ -368,64 +318,24 @@
 //! without `LOCAL`, `LISTEN`, `PREPARE`, temporary tables without `ON COMMIT DROP`) are
 //! refused before anything is sent, with the transaction-scoped form to use instead.
 //!
-//! # Session state
-//!
-//! A session is its holder's: a pool checkout, a bare connection, one batch on a
-//! [`Multiplexed`] client. What the holder's requests leave in it (a `SET`, a temporary
-//! table, `LISTEN`) stays for the holder's next request, as on `AsyncPgConnection`, and no
-//! holder sees anything an earlier one left. The refusals above are a courtesy (they say
-//! what to write instead); the guarantee is a mechanism. When a connection changes hands
-//! after being used (a pool takes it back: bb8's, or diesel-async's bb8, deadpool or mobc
-//! managers), the next holder's first unit begins with `DISCARD ALL` and the session setup
-//! again, written before its own steps in the same `Sync` segment, and ended by a step that
-//! takes a cancel the reset may have drawn:
-//!
-//! - whatever an earlier holder did to the session, by whatever route (a `DO` block, a
-//!   function, a procedure, a trigger or a view calling `set_config`, `UPDATE pg_settings`,
-//!   `SELECT ... INTO TEMP`, a session advisory lock taken inside a function, `SET ROLE`
-//!   inside PL/pgSQL), is gone before the unit runs: settings, role and session
-//!   authorization, temporary tables and functions, prepared statements, cursors,
-//!   listeners, advisory locks, sequence state;
-//! - a reset that fails (a `statement_timeout` the earlier holder left, a cancel request, a
-//!   lock) makes the server skip the unit: nothing of it runs on a session the reset did
-//!   not clear, whoever left it. The unit is reported as [`Error::SessionReset`] (for
-//!   diesel-async, an error saying the query did not run), its connection given up with
-//!   the session, and a batch is replayed on a fresh connection as its retry policy allows;
-//! - PostgreSQL holds over a cancel that arrives while `DISCARD ALL` cannot be interrupted
-//!   and delivers it to the next statement: the reset's own last step takes it, so it is
-//!   reported as the reset's (the session cleared, the connection kept), never as a
-//!   failure of the unit, and the batch is replayed on the same connection.
-//!
-//! `tests/batch/holders.rs` stops the reset with a `statement_timeout` and with a cancel
-//! request on a pool, a bare connection, a multiplexed client and a second client of the
-//! same server session (through PgBouncer in CI), and checks what every later unit sees;
-//! `tests/batch/session.rs` runs 33 routes in plain and two-phase batches.
-//!
-//! The reset costs no round trip. It costs the server the work of `DISCARD ALL` once per
-//! holder, which includes dropping the plans cached in the session (PL/pgSQL functions',
-//! and the ones foreign-key checks use): about 0.1 ms for a 2-statement batch and 0.3 ms
-//! for a 41-statement one on a 2-core loopback machine, where each batch is a holder of its
-//! own (`docs/benchmarks.md`). A request that keeps its connection for several batches and
-//! queries pays it once. [`SessionReset::WhenRecognised`] (set on the
-//! [`ConnectionManager`] or the [`Connection`]) resets only after statements pgbatch
-//! recognises, for trusted SQL; its docs list what it gives up. Not covered by any reset:
-//! a library loaded with `LOAD` inside a function stays loaded until the connection
-//! closes.
-
+#![doc = include_str!("../docs/session-state.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "diesel-async")]
 #[cfg_attr(docsrs, doc(cfg(feature = "diesel-async")))]
 pub mod async_connection;
 mod codec;
+mod connect;
+mod connection;
 pub mod error;
 pub mod idempotency;
 pub mod intent;
 mod outcome;
 mod plan;
+mod pool;
+mod protocol;
 mod run;
 mod two_phase;
-mod wire;
 
 /// Guards: what a guard expects and how its failure is reported (see the crate docs'
 /// Guards section for the SQL they generate).
@@ -435,6 +345,8 @@ pub mod guard {
 
 pub use codec::MAX_BINDS;
 // What callers match on most; every error type is in `error`.
+pub use connect::{CancelToken, Config, SessionReset, SslMode, TargetSessionAttrs};
+pub use connection::Connection;
 pub use error::{Cause, ConnectError, Error};
 pub use idempotency::IdempotencyKey;
 pub use outcome::Committed;
@@ -442,13 +354,9 @@ pub use plan::{
     Affected, All, Fragment, GuardBuilder, Handle, IsolationLevel, Observed, Observer, One, Optional, Results,
     RetryPolicy, StatementBuilder, StatementEvent,
 };
+pub use pool::{Acquire, ConnectionManager, Multiplexed, MultiplexedBuilder, Pool};
 pub use run::Batch;
-pub use tokio_postgres;
 pub use two_phase::Prepared;
-pub use wire::{
-    Acquire, CancelToken, Config, Connection, ConnectionManager, Multiplexed, MultiplexedBuilder, Pool, SessionReset,
-    SslMode, TargetSessionAttrs,
-};
 
 /// The README's example compiles.
 #[cfg(doctest)]

@@ -10,12 +10,13 @@ use std::time::Instant;
 use tracing::Instrument;
 use tracing::field::Empty;
 
+use crate::connection::{Connection, End, Exchange};
 use crate::error::{Error, ResultError};
 use crate::outcome::{Committed, EndVerdict};
 use crate::plan::{Handle, Observed, Results};
+use crate::pool::Acquire;
 use crate::run::Batch;
 use crate::run::record::{Outcome, Watched, observe, record, statement_outcome};
-use crate::wire::{Acquire, Connection, End, Exchange};
 
 impl<E> Batch<E> {
     /// Runs the statements in a first round trip and leaves the transaction open, so that

@@ -17,24 +17,62 @@ use futures_util::future::BoxFuture;
 use super::AsyncRow;
 use super::error::{from_ending, from_not_sent};
 use crate::codec::{Boundary, Statement, StepOutput, boundary};
+use crate::connection::{Attachment, Connection, TxStatus};
 use crate::error::{BuildError, ConnectError};
-use crate::wire::{Answers, Connection, Ending, TxStatus};
+use crate::protocol::{Answers, Ending};
 
 /// The rows of a loaded query: all of them arrived with its answers.
 type Rows = futures_util::stream::Iter<std::vec::IntoIter<QueryResult<AsyncRow>>>;
+
+/// What a diesel-async caller keeps on the connection: the transaction manager its
+/// `transaction` calls go through, and its instrumentation.
+struct CallerState {
+    transaction_manager: AnsiTransactionManager,
+    instrumentation: DynInstrumentation,
+}
+
+impl Default for CallerState {
+    fn default() -> Self {
+        CallerState {
+            transaction_manager: AnsiTransactionManager::default(),
+            instrumentation: DynInstrumentation::default_instrumentation(),
+        }
+    }
+}
+
+impl Attachment for CallerState {
+    /// [`Connection::check`], except that a diesel-async test transaction
+    /// (`begin_test_transaction`, which tests keep open on a pool of one) is kept, unless
+    /// diesel-async's transaction manager gave up on the connection.
+    fn fit_to_lend(connection: &mut Connection, checked: Result<(), ConnectError>) -> Result<(), ConnectError> {
+        // The manager gave up (a transaction statement's future was dropped, a rollback
+        // failed): the connection's state is unknown.
+        if AnsiTransactionManager::is_broken_transaction_manager(connection) {
+            return Err(ConnectError::Unclean);
+        }
+        let in_test_transaction = matches!(
+            AnsiTransactionManager::transaction_manager_status_mut(connection).transaction_state(),
+            Ok(state) if state.in_transaction.as_ref().is_some_and(|open| open.test_transaction)
+        );
+        if matches!(checked, Err(ConnectError::Unclean)) && in_test_transaction {
+            return Ok(());
+        }
+        checked
+    }
+}
 
 impl SimpleAsyncConnection for Connection {
     /// Runs `query` (one statement or several) as one simple query: one round trip.
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shown = StrQueryHelper::new(query);
-        self.caller.instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
+        self.caller().instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
         let result = match self.simple_request(query).await {
             Ok(Answers { ending: Ending::Done, .. }) => Ok(()),
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),
         };
         self.note_serialization_failure(query, &result);
-        self.caller
+        self.caller()
             .instrumentation
             .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
         result
@@ -92,20 +130,20 @@ impl AsyncConnection for Connection {
             connected.as_ref().err(),
         ));
         let mut connection = connected?;
-        connection.caller.instrumentation = instrumentation;
+        connection.caller().instrumentation = instrumentation;
         Ok(connection)
     }
 
     fn transaction_state(&mut self) -> &mut AnsiTransactionManager {
-        &mut self.caller.transaction_manager
+        &mut self.caller().transaction_manager
     }
 
     fn instrumentation(&mut self) -> &mut dyn Instrumentation {
-        &mut *self.caller.instrumentation
+        &mut *self.caller().instrumentation
     }
 
     fn set_instrumentation(&mut self, instrumentation: impl Instrumentation) {
-        self.caller.instrumentation = instrumentation.into();
+        self.caller().instrumentation = instrumentation.into();
     }
 
     /// Does nothing: pgbatch sends every statement unnamed, with no server-side cache.
@@ -153,13 +191,18 @@ impl diesel_async::pooled_connection::PoolableConnection for Connection {
 }
 
 impl Connection {
+    /// The diesel-async caller's state on this connection.
+    fn caller(&mut self) -> &mut CallerState {
+        self.attachment()
+    }
+
     /// Runs one rendered statement of the caller's, with instrumentation, and keeps the
     /// transaction manager in step with the server.
     async fn run_caller_statement(&mut self, statement: Result<Statement, BuildError>) -> QueryResult<StepOutput> {
         // Nothing is sent for a statement that cannot be rendered or encoded.
         let statement = statement.map_err(|error| DieselError::SerializationError(Box::new(error)))?;
         let shown = StrQueryHelper::new(&statement.sql.text);
-        self.caller.instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
+        self.caller().instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
         let result = match self.request(&statement).await {
             Ok(Answers { mut outputs, ending: Ending::Done, .. }) => Ok(outputs.pop().unwrap_or_default()),
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
@@ -167,7 +210,7 @@ impl Connection {
         };
         self.note_serialization_failure(&statement.sql.text, &result);
         self.keep_transaction_manager_in_step();
-        self.caller
+        self.caller()
             .instrumentation
             .on_connection_event(InstrumentationEvent::finish_query(&shown, result.as_ref().err()));
         result

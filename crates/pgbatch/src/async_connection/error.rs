@@ -4,7 +4,7 @@
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind, Error as DieselError};
 
 use crate::error::{ServerError, SqlState, WireError};
-use crate::wire::{Ending, NotSent};
+use crate::protocol::{Ending, NotSent};
 
 /// The error of a request whose answers ended in `ending` (anything but done).
 pub(super) fn from_ending(ending: Ending) -> DieselError {

@@ -5,6 +5,7 @@
 mod binds;
 #[cfg(test)]
 pub(crate) mod constructs;
+mod refusal;
 mod row;
 mod scan;
 mod sql_shape;

@@ -16,7 +16,7 @@ use diesel::pg::{Pg, PgQueryBuilder};
 use diesel::query_builder::{QueryBuilder, QueryFragment, QueryId};
 
 use super::binds::{self, Binds};
-use super::sql_shape;
+use super::refusal;
 use crate::error::BuildError;
 
 /// The largest number of binds the PostgreSQL wire protocol can carry in one statement.
@@ -37,12 +37,12 @@ pub(crate) struct CheckedSql {
 
 impl CheckedSql {
     /// Checks SQL text: no NUL byte, nothing that moves the transaction's boundaries or
-    /// changes the session (see [`sql_shape`]).
+    /// changes the session (see [`refusal`]).
     pub(crate) fn new(sql: &str) -> Result<Self, BuildError> {
         if sql.contains('\0') {
             return Err(BuildError::InvalidSql { reason: "the SQL text contains a NUL byte" });
         }
-        let touches_session = sql_shape::check(sql)?;
+        let touches_session = refusal::check(sql)?;
         Ok(CheckedSql { text: Arc::from(sql), touches_session })
     }
 

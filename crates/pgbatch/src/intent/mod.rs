@@ -47,8 +47,8 @@ use uuid::Uuid;
 
 use crate::error::{BuildError, Cause, Error, SqlState, StatementFailure};
 use crate::plan::{Fragment, One};
+use crate::pool::Acquire;
 use crate::run::maintenance;
-use crate::wire::Acquire;
 use sql::{Finish, IntentSql};
 pub use sweep::{Decision, SweepOptions, SweepReport};
 

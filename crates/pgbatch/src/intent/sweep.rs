@@ -10,8 +10,8 @@ use super::sql::Finish;
 use super::{Intent, Intents};
 use crate::error::{Cause, Error};
 use crate::plan::Fragment;
+use crate::pool::Pool;
 use crate::run::Batch;
-use crate::wire::Pool;
 
 /// What a sweep does with one intent, as user code decides it.
 #[derive(Debug)]

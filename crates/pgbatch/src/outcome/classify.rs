@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::connection::End;
 use crate::error::{
     AlreadyCommitted, BeginFailure, BuildError, Cause, CommitFailure, Error, OutcomeUnknown, ResetFailure, SqlState,
     StatementFailure, UnknownReason,
 };
 use crate::plan::{Entry, Fragment, IdempotencyKey, MarkerRow, Results};
-use crate::wire::{Answers, BatchNotSent, End, Ending, NotSent, Position, PreludeOutcome};
+use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Position, PreludeOutcome};
 
 /// SQLSTATEs with which a server says it cannot tell whether a commit applied:
 /// `40003` (`statement_completion_unknown`, CockroachDB's "result is ambiguous") and

@@ -10,12 +10,12 @@ use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::sql_types::BoolOrNullableBool;
 
 use crate::codec::Statement;
+use crate::connection::End;
 use crate::error::{BuildError, Error};
 use crate::outcome::Verdict;
 use crate::plan::{
     Fragment, GuardBuilder, IdempotencyKey, IsolationLevel, RetryPolicy, StatementBuilder, TransactionOptions,
 };
-use crate::wire::End;
 
 /// Statements that commit together or not at all, sent to PostgreSQL in one round trip.
 ///

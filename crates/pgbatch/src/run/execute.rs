@@ -13,10 +13,11 @@ use super::batch::Batch;
 use super::record::{Outcome, observe, record, statement_outcome};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
+use crate::connection::{Connection, End, Exchange, Restart, TxStatus};
 use crate::error::{Error, UnknownReason};
 use crate::outcome::Committed;
 use crate::plan::{IdempotencyKey, MarkerRow, RetryPolicy};
-use crate::wire::{Acquire, Connection, End, Exchange, Restart, TxStatus};
+use crate::pool::Acquire;
 
 impl<E> Batch<E> {
     /// Runs the batch: `BEGIN`, every statement and `COMMIT`, in one round trip.
@@ -85,7 +86,7 @@ impl<E> Batch<E> {
 
     /// Runs the batch inside the transaction the caller has open on `connection`: under a
     /// savepoint of its own, released into that transaction (see
-    /// [`End::Release`](crate::wire::End::Release)). Once, without retries: a serialization
+    /// [`End::Release`](crate::connection::End::Release)). Once, without retries: a serialization
     /// failure or deadlock dooms the enclosing transaction, which only its owner can retry.
     async fn run_nested(
         &self,

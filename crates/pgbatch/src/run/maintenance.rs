@@ -6,7 +6,7 @@ use diesel::sql_types::Double;
 
 use super::batch::Batch;
 use crate::error::Error;
-use crate::wire::Acquire;
+use crate::pool::Acquire;
 
 /// Runs `statements` (DDL that is safe to repeat) as one batch.
 pub(crate) async fn run_ddl<A: Acquire>(target: A, statements: impl IntoIterator<Item = String>) -> Result<(), Error> {

@@ -10,10 +10,11 @@ use super::batch::Batch;
 use super::record::{Outcome, record};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
+use crate::connection::End;
 use crate::error::Error;
 use crate::outcome::Committed;
 use crate::plan::{IdempotencyKey, MarkerRow};
-use crate::wire::{Acquire, End, Multiplexed};
+use crate::pool::{Acquire, Multiplexed};
 
 impl<E> Batch<E> {
     /// Runs the batch on a connection it shares with other callers' batches, written

@@ -16,10 +16,12 @@ use diesel::sql_types::Text;
 
 use super::batch::Batch;
 use crate::codec::Statement;
+use crate::connect::CancelToken;
+use crate::connection::{Connection, End, EndBackend, Exchange, Terminate};
 use crate::error::{AlreadyCommitted, Error};
 use crate::outcome::{not_committed, settled_as_committed};
 use crate::plan::{IdempotencyKey, Marker, MarkerRow, fence_sql, lookup_sql};
-use crate::wire::{Acquire, CancelToken, Connection, End, EndBackend, Exchange, Terminate};
+use crate::pool::Acquire;
 
 /// How long a settlement waits for the lost batch's backend to take a cancel request.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -6,11 +6,11 @@
 use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;
 
-use super::collect::Collector;
-use super::connection::Connection;
 use super::flight::{Flight, Unit};
-use super::prelude::Prelude;
-use super::sql::{COMMIT, DISCARD, ROLLBACK};
+use super::state::Connection;
+use crate::protocol::Collector;
+use crate::protocol::Prelude;
+use crate::protocol::sql::{COMMIT, DISCARD, ROLLBACK};
 
 /// Queues one extended-protocol step: an unnamed statement with binary binds and binary
 /// results, described when it may return rows.

@@ -8,12 +8,12 @@
 //! one the batch means. Result columns of custom types need no lookup: rows arrive in binary with their
 //! OIDs, and Diesel decodes them from the bytes.
 
-use super::connection::Connection;
 use super::flight::Flight;
+use super::state::Connection;
 use super::step::queue_read_after;
-use super::unit::{Ending, NotSent};
 use crate::codec::{Statement, TypeName};
 use crate::error::{BuildError, WireError};
+use crate::protocol::{Ending, NotSent};
 
 /// A type visible on the search path, by name.
 const VISIBLE: &str = "SELECT t.oid, t.typarray FROM pg_catalog.pg_type t \

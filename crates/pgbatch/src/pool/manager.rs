@@ -3,9 +3,9 @@
 use std::ops::DerefMut;
 use std::sync::Arc;
 
-use super::config::Config;
-use super::connection::Connection;
-use super::session::{Session, SessionReset};
+use crate::connect::Config;
+use crate::connect::{Session, SessionReset};
+use crate::connection::Connection;
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
 
@@ -129,43 +129,19 @@ impl bb8::ManageConnection for ConnectionManager {
     type Error = ConnectError;
 
     async fn connect(&self) -> Result<Connection, ConnectError> {
-        super::startup::connect(&self.config, Arc::clone(&self.session)).await
+        crate::connection::startup::connect(&self.config, Arc::clone(&self.session)).await
     }
 
     async fn is_valid(&self, connection: &mut Connection) -> Result<(), ConnectError> {
-        fit_to_lend(connection)
+        connection.fit_to_lend()
     }
 
     /// Called as the pool takes a connection back: its holder's time with the session ends
     /// here, so the next holder's first unit resets it.
     fn has_broken(&self, connection: &mut Connection) -> bool {
         connection.hand_over();
-        fit_to_lend(connection).is_err()
+        connection.fit_to_lend().is_err()
     }
-}
-
-/// Whether a pool may lend `connection` out: [`Connection::check`], except that a
-/// diesel-async test transaction (`begin_test_transaction`, which tests keep open on a pool
-/// of one) is kept, unless diesel-async's transaction manager gave up on the connection.
-fn fit_to_lend(connection: &mut Connection) -> Result<(), ConnectError> {
-    let checked = connection.check();
-    #[cfg(feature = "diesel-async")]
-    {
-        use diesel_async::{AnsiTransactionManager, TransactionManager};
-        // The manager gave up (a transaction statement's future was dropped, a rollback
-        // failed): the connection's state is unknown.
-        if AnsiTransactionManager::is_broken_transaction_manager(connection) {
-            return Err(ConnectError::Unclean);
-        }
-        let in_test_transaction = matches!(
-            AnsiTransactionManager::transaction_manager_status_mut(connection).transaction_state(),
-            Ok(state) if state.in_transaction.as_ref().is_some_and(|open| open.test_transaction)
-        );
-        if matches!(checked, Err(ConnectError::Unclean)) && in_test_transaction {
-            return Ok(());
-        }
-    }
-    checked
 }
 
 /// Where a batch can run: a connection it borrows, or a pool it checks one out of.

@@ -9,8 +9,8 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::connection::{Connection, EndBackend, Terminate};
-use super::io::{Io, without_waiting};
+use super::state::{Connection, EndBackend, Terminate};
+use crate::connect::{Io, without_waiting};
 
 /// How long a dropped connection with answers due waits for the next of them before it
 /// looks at its backend from another connection, and ends it if it is an orphan: waiting

@@ -14,10 +14,10 @@
 //! the session setup) and keeps them only when the id is the one the server gave it; the
 //! termination names both, so a process id the server has since reused is never hit.
 
-use super::connection::{Connection, Terminate};
 use super::flight::Flight;
+use super::state::{Connection, Terminate};
 use super::step::queue_read;
-use super::unit::{Answers, Ending};
+use crate::protocol::{Answers, Ending};
 
 /// Who the backend is, read at start-up.
 pub(crate) const IDENTIFY: &str = "SELECT CAST(pid AS text), CAST(backend_start AS text) \

@@ -12,16 +12,16 @@ use postgres_protocol::message::frontend;
 use tokio_postgres::config::Host;
 
 use super::backend::{Backend, IDENTIFY, identity};
-use super::cancel::CancelToken;
-use super::config::{Config, TargetSessionAttrs};
-use super::connection::{Connection, EndBackend};
 use super::flight::{Flight, Unit};
-use super::io::Io;
-use super::session::Session;
-use super::socket::{Target, open_socket, targets};
+use super::state::{Connection, EndBackend};
 use super::step::queue_read;
-use super::unit::{Answers, Ending};
+use crate::connect::CancelToken;
+use crate::connect::Io;
+use crate::connect::Session;
+use crate::connect::{Config, TargetSessionAttrs};
+use crate::connect::{Target, open_socket, targets};
 use crate::error::{ConnectError, ServerError, WireError};
+use crate::protocol::{Answers, Ending};
 
 /// How long connecting to one host may take when the configuration sets no
 /// `connect_timeout`: a server that accepts TCP but never answers must not hold a caller,
@@ -195,7 +195,7 @@ async fn attempt(
     session: Arc<Session>,
 ) -> Result<Connection, ConnectError> {
     let socket = open_socket(target, Some(config.postgres())).await?;
-    let stream = super::tls::negotiate(socket, config, host).await?;
+    let stream = crate::connect::tls::negotiate(socket, config, host).await?;
     let mut io = Io::new(stream);
     let fail = Failure { host: target.to_string() };
 

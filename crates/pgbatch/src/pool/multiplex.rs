@@ -10,14 +10,14 @@ use std::time::Duration;
 use bb8::ManageConnection;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::collect::Collector;
 use super::driver::{Delivery, Driver, Job, Load};
-use super::pool::{ConnectionManager, Pool};
-use super::sql::COMMIT;
-use super::unit::{BatchNotSent, NotSent};
+use super::manager::{ConnectionManager, Pool};
 use crate::codec::Statement;
 use crate::error::{ConnectError, PoolError, WireError};
 use crate::plan::RetryPolicy;
+use crate::protocol::Collector;
+use crate::protocol::sql::COMMIT;
+use crate::protocol::{BatchNotSent, NotSent};
 
 /// Batches of many concurrent callers multiplexed on a few shared connections.
 ///

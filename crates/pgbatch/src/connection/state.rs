@@ -1,14 +1,16 @@
 //! A connection a batch has to itself, and what it knows about its own state.
 
+#[cfg(feature = "diesel-async")]
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::cancel::CancelToken;
-use super::io::{Io, without_waiting};
-use super::session::{Session, SessionReset};
 use crate::codec::TypeName;
+use crate::connect::CancelToken;
+use crate::connect::{Io, without_waiting};
+use crate::connect::{Session, SessionReset};
 use crate::error::ConnectError;
 use crate::plan::RetryPolicy;
 
@@ -70,18 +72,24 @@ pub struct Connection {
     /// Ends the server process behind the connection from another connection, when it can
     /// be ended by process id (see [`backend`](super::backend)).
     pub(super) end_backend: Option<EndBackend>,
-    /// What a diesel-async caller keeps on the connection.
+    /// What an adapter keeps on the connection for its callers, and its say in whether a
+    /// pool may lend the connection out (see [`Attachment`]).
     #[cfg(feature = "diesel-async")]
-    pub(crate) caller: CallerState,
+    attachment: Option<(Box<dyn Any + Send>, LendCheck)>,
 }
 
-/// What a diesel-async caller keeps on the connection: the transaction manager its
-/// `transaction` calls go through, and its instrumentation.
+/// What an adapter outside the core keeps on a connection for its own callers (the
+/// diesel-async adapter: its transaction manager and instrumentation). The connection
+/// carries it without knowing its type, as bb8 keeps its adapters outside its core.
 #[cfg(feature = "diesel-async")]
-pub(crate) struct CallerState {
-    pub(crate) transaction_manager: diesel_async::AnsiTransactionManager,
-    pub(crate) instrumentation: diesel::connection::DynInstrumentation,
+pub(crate) trait Attachment: Any + Send + Default {
+    /// Whether a pool may lend `connection` out, given what [`Connection::check`] found.
+    fn fit_to_lend(connection: &mut Connection, checked: Result<(), ConnectError>) -> Result<(), ConnectError>;
 }
+
+/// [`Attachment::fit_to_lend`] of the attachment a connection carries.
+#[cfg(feature = "diesel-async")]
+type LendCheck = fn(&mut Connection, Result<(), ConnectError>) -> Result<(), ConnectError>;
 
 /// When a backend is to be ended (see [`backend`](super::backend)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,10 +123,7 @@ impl Connection {
             session,
             end_backend: None,
             #[cfg(feature = "diesel-async")]
-            caller: CallerState {
-                transaction_manager: diesel_async::AnsiTransactionManager::default(),
-                instrumentation: diesel::connection::DynInstrumentation::default_instrumentation(),
-            },
+            attachment: None,
         }
     }
 
@@ -253,6 +258,30 @@ impl Connection {
     #[cfg(feature = "diesel-async")]
     pub(crate) fn note_caller_request(&mut self) {
         self.caller_transaction = self.status != TxStatus::Idle;
+    }
+
+    /// The adapter state of type `T` this connection carries, made the first time it is
+    /// asked for.
+    #[cfg(feature = "diesel-async")]
+    pub(crate) fn attachment<T: Attachment>(&mut self) -> &mut T {
+        if self.attachment.as_ref().is_none_or(|(found, _)| !found.is::<T>()) {
+            self.attachment = Some((Box::new(T::default()), T::fit_to_lend));
+        }
+        match self.attachment.as_mut().and_then(|(found, _)| found.downcast_mut::<T>()) {
+            Some(found) => found,
+            None => unreachable!("an attachment of this type was put in place above"),
+        }
+    }
+
+    /// Whether a pool may lend the connection out: [`Connection::check`], and what the
+    /// adapter state it carries says (see [`Attachment`]).
+    pub(crate) fn fit_to_lend(&mut self) -> Result<(), ConnectError> {
+        let checked = self.check();
+        #[cfg(feature = "diesel-async")]
+        if let Some((_, lends)) = self.attachment {
+            return lends(self, checked);
+        }
+        checked
     }
 
     /// Gives up on the connection: closes its socket, which ends its session (and any

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use postgres_protocol::message::frontend;
 
-use super::connection::{Connection, TxStatus};
-use super::prelude::{Prelude, PreludeOutcome};
-use super::session::SessionReset;
-use super::sql::BEGIN;
-use super::unit::{Answers, Ending, NotSent, Position};
+use super::state::{Connection, TxStatus};
+use crate::connect::SessionReset;
+use crate::protocol::sql::BEGIN;
+use crate::protocol::{Answers, Ending, NotSent, Position};
+use crate::protocol::{Prelude, PreludeOutcome};
 
 /// How long giving up a session behind a pooler waits for its `BEGIN` to be answered.
 const END_SESSION_TIMEOUT: Duration = Duration::from_secs(5);

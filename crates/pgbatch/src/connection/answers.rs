@@ -7,10 +7,10 @@ use std::task::Poll;
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::connection::{Connection, TxStatus};
-use super::io::without_waiting;
-use super::sql::ROLLBACK;
+use super::state::{Connection, TxStatus};
+use crate::connect::without_waiting;
 use crate::error::{ServerError, SqlState, WireError};
+use crate::protocol::sql::ROLLBACK;
 
 /// The start of the WARNING a server sends when a commit stops waiting for synchronous
 /// replication (a cancel request, a timeout): committed locally, perhaps not replicated.

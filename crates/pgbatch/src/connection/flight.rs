@@ -12,10 +12,10 @@ use std::task::{Context, Poll};
 use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
-use super::collect::Collector;
-use super::connection::{Connection, TxStatus};
-use super::unit::{Answers, Ending};
+use super::state::{Connection, TxStatus};
 use crate::error::{ServerError, SqlState, WireError};
+use crate::protocol::Collector;
+use crate::protocol::{Answers, Ending};
 
 /// One unit due.
 pub(crate) enum Unit {
@@ -182,7 +182,7 @@ impl Reader for Flight {
                     if failed && self.roll_back_open_failure && connection.status() != TxStatus::Idle {
                         // The first round trip of a two-phase batch failed inside its open
                         // transaction: end it now, before the connection is handed back.
-                        frontend::query(super::sql::ROLLBACK, connection.io().queue())
+                        frontend::query(crate::protocol::sql::ROLLBACK, connection.io().queue())
                             .map_err(|e| WireError::Protocol(e.to_string()))?;
                         self.units.push_front(Unit::Discard);
                         connection.expect_units(1);

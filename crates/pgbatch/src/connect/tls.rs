@@ -12,9 +12,9 @@
 //! store), else from `~/.postgresql/root.crt` as libpq reads them.
 
 use super::config::Config;
-#[cfg(feature = "rustls")]
-use super::config::SslMode;
 use super::io::Stream;
+#[cfg(feature = "rustls")]
+use super::modes::SslMode;
 use crate::error::ConnectError;
 
 /// Sets up TLS on `stream` when `config` asks for it.
@@ -104,7 +104,7 @@ mod rustls_setup {
 
     use tokio_rustls::rustls::client::WebPkiServerVerifier;
     use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use tokio_rustls::rustls::crypto::{WebPkiSupportedAlgorithms, ring};
+    use tokio_rustls::rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms, ring};
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
     use tokio_rustls::rustls::{
@@ -115,7 +115,7 @@ mod rustls_setup {
 
     /// The rustls client configuration for `config`'s `sslmode` and roots.
     pub(super) fn client_config(config: &Config, host: &str) -> Result<ClientConfig, ConnectError> {
-        let provider = Arc::new(ring::default_provider());
+        let provider = crypto_provider();
         let config_error = |reason: String| ConnectError::Config(format!("TLS for {host}: {reason}"));
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -147,6 +147,16 @@ mod rustls_setup {
         };
         let verifier = Arc::new(LibpqVerifier { chain, host_name: mode == SslMode::VerifyFull, algorithms });
         Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+    }
+
+    /// The application's process-wide provider when it installed one (rustls's convention:
+    /// `CryptoProvider::install_default`, for example aws-lc-rs's, whose key exchange is
+    /// post-quantum), else ring's, which builds with nothing beyond a C compiler.
+    fn crypto_provider() -> Arc<CryptoProvider> {
+        // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange;
+        // it stays the fallback so that the feature needs no CMake or Go (aws-lc's build).
+        #[allow(deprecated)]
+        CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(ring::default_provider()))
     }
 
     /// The name the server's certificate must carry (a DNS name or an IP address).

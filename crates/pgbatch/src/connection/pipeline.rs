@@ -22,10 +22,10 @@ use std::task::{Context, Poll};
 
 use postgres_protocol::message::backend::Message;
 
-use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Landed, Reader, poll_answers};
-use super::prelude::{Prelude, PreludeOutcome};
+use super::state::{Connection, TxStatus};
 use crate::error::WireError;
+use crate::protocol::{Prelude, PreludeOutcome};
 
 /// A flight, the prelude its unit was written with, and what its sender waits on.
 struct InFlight<T> {

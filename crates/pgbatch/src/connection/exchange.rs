@@ -33,16 +33,18 @@
 
 use postgres_protocol::message::frontend;
 
-use super::collect::Collector;
-use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
-use super::prelude::Prelude;
-use super::sql::{COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT};
+use super::state::{Connection, TxStatus};
 use super::step::{queue_unit, step};
 use super::types::WireBinds;
-use super::unit::{Answers, BatchNotSent, Ending, NotSent};
 use crate::codec::Statement;
 use crate::error::WireError;
+use crate::protocol::Collector;
+use crate::protocol::Prelude;
+use crate::protocol::sql::{
+    COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT,
+};
+use crate::protocol::{Answers, BatchNotSent, Ending, NotSent};
 
 /// How a batch's unit ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,15 +11,15 @@ use std::task::Poll;
 use bb8::ManageConnection;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
-use super::cancel::CancelToken;
-use super::connection::{Connection, EndBackend};
-use super::exchange::{End, Exchange};
-use super::pipeline::Pipeline;
-use super::pool::ConnectionManager;
-use super::prelude::PreludeOutcome;
-use super::unit::{Answers, BatchNotSent, Ending, NotSent, Position};
+use super::manager::ConnectionManager;
 use crate::codec::Statement;
+use crate::connect::CancelToken;
+use crate::connection::Pipeline;
+use crate::connection::{Connection, EndBackend};
+use crate::connection::{End, Exchange};
 use crate::error::PoolError;
+use crate::protocol::PreludeOutcome;
+use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Position};
 
 /// What a batch given to a [`Multiplexed`](super::multiplex::Multiplexed) client brought back.
 pub(crate) struct Delivery {
@@ -171,7 +171,7 @@ impl Driver {
         }
         let connection = self.connection.as_mut().expect("opened above");
         let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
-        Ok(super::types::resolve(connection, &statements).await?)
+        Ok(crate::connection::types::resolve(connection, &statements).await?)
     }
 }
 
@@ -203,7 +203,7 @@ fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
 }
 
 /// Hands a landed flight's answers to its caller (if it is still waiting).
-fn deliver(sent: Sent, arrival: super::pipeline::Arrival) {
+fn deliver(sent: Sent, arrival: crate::connection::pipeline::Arrival) {
     let mut answers = arrival.landed.answers;
     let answers = answers.pop().expect("a batch's flight collects its unit");
     if let Ending::Failed { at: Position::Prelude, error } = answers.ending {

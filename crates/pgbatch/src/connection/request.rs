@@ -19,15 +19,15 @@
 
 use postgres_protocol::message::frontend;
 
-use super::collect::Collector;
-use super::connection::{Connection, TxStatus};
 use super::flight::{Flight, Unit};
-use super::prelude::Prelude;
+use super::state::{Connection, TxStatus};
 use super::step::{queue_unit, step};
 use super::types::WireBinds;
-use super::unit::{Answers, Ending, NotSent, Position};
 use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
+use crate::protocol::Collector;
+use crate::protocol::Prelude;
+use crate::protocol::{Answers, Ending, NotSent, Position};
 
 impl Connection {
     /// Runs one statement of the caller's, with binary binds and results, and collects its
