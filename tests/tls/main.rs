@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{Bool, Text};
+use diesel::sql_types::Text;
 use pgbatch::{Batch, Config, ConnectError, Connection, ConnectionManager};
 use pgbatch_testing::LocalCluster;
 use tokio::sync::OnceCell;
@@ -109,15 +109,20 @@ fn start_server() -> TlsServer {
     server
 }
 
+/// Runs a batch that reads a column of `pg_stat_ssl` (as text) for its own session.
+async fn own_ssl_status(connection: &mut Connection, column: &str) -> String {
+    let mut batch = Batch::new();
+    let value = batch
+        .push(diesel::select(diesel::dsl::sql::<Text>(&format!(
+            "(SELECT {column}::text FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid())"
+        ))))
+        .one();
+    batch.run(connection).await.expect("a batch").get(&value).unwrap()
+}
+
 /// Runs a batch that reports whether its own session is encrypted.
 async fn batch_sees_tls(connection: &mut Connection) -> bool {
-    let mut batch = Batch::new();
-    let ssl = batch
-        .push(diesel::select(diesel::dsl::sql::<Bool>(
-            "(SELECT ssl FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid())",
-        )))
-        .one();
-    batch.run(connection).await.expect("a batch over TLS").get(&ssl).unwrap()
+    own_ssl_status(connection, "ssl").await == "true"
 }
 
 #[tokio::test]
@@ -133,17 +138,6 @@ async fn prefer_uses_tls_when_offered() {
     let server = server().await;
     let mut connection = Connection::connect(&server.url("127.0.0.1", "prefer", None)).await.unwrap();
     assert!(batch_sees_tls(&mut connection).await);
-}
-
-/// The cipher of a batch's own session, as the server saw it negotiated.
-async fn session_cipher(connection: &mut Connection) -> String {
-    let mut batch = Batch::new();
-    let cipher = batch
-        .push(diesel::select(diesel::dsl::sql::<Text>(
-            "(SELECT cipher FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid())",
-        )))
-        .one();
-    batch.run(connection).await.expect("a batch over TLS").get(&cipher).unwrap()
 }
 
 /// An application that installs a process-wide rustls provider (as it would to choose
@@ -163,7 +157,7 @@ async fn a_crypto_provider_the_application_installed_is_the_one_used() {
     // Another test of this binary may not install one: this is the only one that does.
     narrowed.install_default().expect("no provider was installed before");
     let mut connection = Connection::connect(&server.url("127.0.0.1", "require", None)).await.unwrap();
-    assert_eq!(session_cipher(&mut connection).await, "TLS_CHACHA20_POLY1305_SHA256");
+    assert_eq!(own_ssl_status(&mut connection, "cipher").await, "TLS_CHACHA20_POLY1305_SHA256");
 }
 
 #[tokio::test]
