@@ -154,7 +154,8 @@ mod rustls_setup {
     /// post-quantum), else ring's, which builds with nothing beyond a C compiler.
     fn crypto_provider() -> Arc<CryptoProvider> {
         // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key exchange;
-        // it stays the fallback so that the feature needs no CMake or Go (aws-lc's build).
+        // it stays the fallback so that the feature does not build aws-lc, a large C library,
+        // into every application.
         #[allow(deprecated)]
         CryptoProvider::get_default().cloned().unwrap_or_else(|| Arc::new(ring::default_provider()))
     }
