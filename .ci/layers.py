@@ -16,7 +16,7 @@ import re
 import sys
 
 LAYERS = [
-    ["error"],
+    ["telemetry", "error"],
     ["codec"],
     ["plan"],
     ["protocol"],

@@ -23,4 +23,5 @@ mod not_sent;
 mod restart;
 mod retry;
 mod session;
+mod telemetry;
 mod two_phase;

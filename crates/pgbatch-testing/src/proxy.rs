@@ -8,7 +8,7 @@
 //! [`Fault::RewriteServer`] and [`Fault::RewriteClient`] change what one side said.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -143,6 +143,7 @@ impl ProxyBuilder {
             server_bytes: AtomicU64::new(0),
             connections: Mutex::new(Vec::new()),
             accepted: AtomicUsize::new(0),
+            refusing: AtomicBool::new(false),
             delay: self.delay,
             precise: self.precise,
         });
@@ -151,6 +152,11 @@ impl ProxyBuilder {
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 accept_shared.accepted.fetch_add(1, Ordering::Relaxed);
+                if accept_shared.refusing.load(Ordering::SeqCst) {
+                    // Closed at once: the client's start-up meets a closed connection.
+                    drop(client);
+                    continue;
+                }
                 let shared = Arc::clone(&accept_shared);
                 tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(target).await {
@@ -183,6 +189,8 @@ struct Shared {
     connections: Mutex<Vec<Weak<Switches>>>,
     /// Connections accepted from clients, cancel requests included.
     accepted: AtomicUsize,
+    /// Whether new connections are closed as soon as they are accepted.
+    refusing: AtomicBool,
     delay: Duration,
     precise: bool,
 }
@@ -263,6 +271,13 @@ impl Proxy {
         for switches in self.live() {
             switches.stall.send_replace(false);
         }
+    }
+
+    /// Closes every new connection as soon as it is accepted (`true`), as a server that
+    /// refuses connections does, or stops doing so (`false`). Open connections are not
+    /// touched.
+    pub fn refuse_connections(&self, refuse: bool) {
+        self.shared.refusing.store(refuse, Ordering::SeqCst);
     }
 
     /// How many connections clients opened through the proxy, cancel requests included

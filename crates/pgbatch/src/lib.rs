@@ -301,8 +301,18 @@
 //! a summary with the statement, label and SQLSTATE. A two-phase batch has a
 //! `pgbatch.prepare` span (outcome `open` when it waits for the decision) and a
 //! `pgbatch.decide` span (`decision` = `commit` or `rollback`, outcome `committed` or
-//! `rolled_back`). Each retry is an info event with the attempt, the delay and the cause.
-//! Bind values and server messages (which can quote them) are never logged.
+//! `rolled_back`); a diesel-async query on pgbatch's connection a `pgbatch.query` span.
+//! Each retry is an info event with the attempt, the delay and the cause.
+//!
+//! Each of these spans also carries OpenTelemetry's conventional attributes for PostgreSQL
+//! client operations (span kind `client`, `db.system.name`, `db.operation.name`,
+//! `db.operation.batch.size`, `db.namespace`, `server.address`, `server.port`, and on
+//! failure `db.response.status_code` and `error.type`), so that `tracing-opentelemetry`
+//! exports them as any PostgreSQL client's; and pgbatch records metrics through the
+//! [`metrics`] facade: `db.client.operation.duration`, batches by outcome, settlements,
+//! replays, fenced keys, pool checkouts and a multiplexed client's load. The names and
+//! when each is set: [`telemetry`]. Bind values and server messages (which can quote them)
+//! are never logged, recorded on a span, or used as a label.
 //!
 //! # Limitations
 //!
@@ -335,6 +345,7 @@ mod plan;
 mod pool;
 mod protocol;
 mod run;
+pub mod telemetry;
 mod two_phase;
 
 /// Guards: what a guard expects and how its failure is reported (see the crate docs'

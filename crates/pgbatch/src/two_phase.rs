@@ -5,6 +5,7 @@
 
 use std::marker::PhantomData;
 use std::ops::DerefMut;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
@@ -16,7 +17,11 @@ use crate::outcome::{Committed, EndVerdict};
 use crate::plan::{Handle, Observed, Results};
 use crate::pool::Acquire;
 use crate::run::Batch;
-use crate::run::record::{Outcome, Watched, observe, record, statement_outcome};
+use crate::run::record::{Outcome, Report, Watched, client_span, observe, record, record_peer, statement_outcome};
+use crate::telemetry::BATCH_OPERATION;
+
+/// `pgbatch.transport` of a two-phase batch.
+const TWO_PHASE: &str = "two_phase";
 
 impl<E> Batch<E> {
     /// Runs the statements in a first round trip and leaves the transaction open, so that
@@ -33,8 +38,10 @@ impl<E> Batch<E> {
     /// As for [`run`](Self::run); a failure in the first round trip rolls back before it
     /// is returned (one more round trip, on that path only).
     pub async fn prepare<A: Acquire>(&self, target: A) -> Result<Prepared<A::Lease, E>, Error<E>> {
-        let span = tracing::debug_span!(
+        let span = client_span!(
             "pgbatch.prepare",
+            BATCH_OPERATION,
+            self.len(),
             statements = self.len(),
             labels = %self.label_summary(),
             round_trip_ms = Empty,
@@ -46,6 +53,7 @@ impl<E> Batch<E> {
         let prepared: Result<Prepared<A::Lease, E>, Error<E>> = async {
             let statements = self.wire_statements()?;
             let mut lease = target.acquire().await.map_err(Error::Pool)?;
+            record_peer(&span, lease.peer().map(Arc::as_ref));
             observer.clone_from(&lease.session().observer);
             let begin = self.begin_sql();
             let exchange = Exchange::new(Some(&begin), &statements, End::Open);
@@ -63,8 +71,10 @@ impl<E> Batch<E> {
         .instrument(span.clone())
         .await;
         span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-        // The transaction waits for the caller's decision.
-        record(&span, &prepared, Outcome::Open);
+        // The transaction waits for the caller's decision, which counts as the batch's run;
+        // a first round trip that failed is the run.
+        let transport = prepared.is_err().then_some(TWO_PHASE);
+        record(&span, &prepared, Outcome::Open, Report { operation: Some(BATCH_OPERATION), transport, started });
         if let (Err(error), Some(observer)) = (&prepared, observer) {
             let outcome = |index| statement_outcome(Err(error), index);
             observe(&*observer, self.labels(), outcome, started.elapsed(), 1);
@@ -160,8 +170,17 @@ where
             End::Commit => ("commit", Outcome::Committed),
             _ => ("rollback", Outcome::RolledBack),
         };
-        let span =
-            tracing::debug_span!("pgbatch.decide", decision, round_trip_ms = Empty, outcome = Empty, error = Empty);
+        let operation = if end == End::Commit { "COMMIT" } else { "ROLLBACK" };
+        let span = client_span!(
+            "pgbatch.decide",
+            operation,
+            Empty,
+            decision,
+            round_trip_ms = Empty,
+            outcome = Empty,
+            error = Empty,
+        );
+        record_peer(&span, self.lease.peer().map(Arc::as_ref));
         let started = Instant::now();
         let exchange = Exchange::new(None, &[], end);
         // Sent or refused: either way there is nothing left to roll back from Drop.
@@ -171,7 +190,7 @@ where
             Err(reason) => Err(crate::outcome::not_sent(reason, |_| None, 1)),
         };
         span.record("round_trip_ms", started.elapsed().as_secs_f64() * 1e3);
-        record(&span, &ended, decided);
+        record(&span, &ended, decided, Report { operation: Some(operation), transport: Some(TWO_PHASE), started });
         // The statements ran in the first round trip: they are committed, rolled back, or
         // unknown with the decision.
         let outcome = match (&ended, end) {

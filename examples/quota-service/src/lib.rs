@@ -4,14 +4,20 @@
 //! Its reads are ordinary diesel-async queries and its writes are batches, on one pool:
 //! pgbatch's connection is a diesel-async connection (feature `diesel-async`).
 //!
+//! [`http`] serves it over HTTP (`cargo run -p quota-service`), with `Idempotency-Key`
+//! carried into the batch's idempotency key, so that a request retried after a lost answer
+//! applies once.
+//!
 //! Its tests (`tests/projects.rs`) show how a service tests itself with `pgbatch-testing`:
 //! a database of its own per test, the schema from the service's Diesel migrations, and a
 //! pool ready to use. Run them with `cargo test -p quota-service`.
 
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
-use pgbatch::{Batch, Cause, Error};
+use pgbatch::{Acquire, Batch, Cause, Error, IdempotencyKey};
 use uuid::Uuid;
+
+pub mod http;
 
 #[allow(missing_docs)]
 pub mod schema {
@@ -55,6 +61,10 @@ pub enum CreateProjectError {
     /// committed ([`Error::may_have_committed`]).
     #[error(transparent)]
     Database(Error),
+    /// The project an earlier request with the same key created could not be read back:
+    /// it was created, so retry the request with the same key.
+    #[error("the project an earlier request created could not be read: {0}")]
+    Read(diesel::result::Error),
 }
 
 /// Creates project `name` for `tenant` and counts it in the tenant's quota, atomically.
@@ -65,7 +75,73 @@ pub enum CreateProjectError {
 /// everything as it was; [`CreateProjectError::Database`] for anything else.
 pub async fn create_project(pool: &pgbatch::Pool, tenant: &str, name: &str) -> Result<Uuid, CreateProjectError> {
     let id = Uuid::new_v4();
+    run_create(pool, tenant, name, id, None).await
+}
+
+/// What [`create_project_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Created {
+    /// The project's id.
+    pub id: Uuid,
+    /// Its name.
+    pub name: String,
+    /// True when an earlier request with the same key had created it: this one applied
+    /// nothing, and answers with what that one made.
+    pub replayed: bool,
+}
+
+/// Creates project `name` for `tenant` once per `request_key` (a client's
+/// `Idempotency-Key`): a request retried after its answer was lost, or after an unknown
+/// outcome, gets the project the first one created, and the quota counts it once.
+///
+/// The project's id is derived from the tenant and the key, and the batch carries the key
+/// as its idempotency key: an unknown outcome is settled by the pool (the project returned
+/// when the batch had committed), and a retry of a committed request is refused by the
+/// key's marker and answered from the database.
+///
+/// # Errors
+///
+/// As [`create_project`]; [`CreateProjectError::Database`] with
+/// [`Error::OutcomeUnknown`] when the outcome could not be settled (no connection to settle
+/// on): retry with the same key.
+pub async fn create_project_once(
+    pool: &pgbatch::Pool,
+    tenant: &str,
+    name: &str,
+    request_key: &str,
+) -> Result<Created, CreateProjectError> {
+    let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{tenant}\0{request_key}").as_bytes());
+    let key = IdempotencyKey::new(format!("create-project/{tenant}/{request_key}"));
+    match run_create(pool, tenant, name, id, Some(key)).await {
+        Ok(id) => Ok(Created { id, name: name.to_owned(), replayed: false }),
+        Err(CreateProjectError::Database(Error::AlreadyCommitted(_))) => {
+            let mut connection =
+                pool.acquire().await.map_err(|error| CreateProjectError::Database(Error::Pool(error)))?;
+            let name = project::table
+                .find(id)
+                .select(project::name)
+                .first::<String>(&mut *connection)
+                .await
+                .map_err(CreateProjectError::Read)?;
+            Ok(Created { id, name, replayed: true })
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The batch that counts project `id` in `tenant`'s quota and inserts it.
+async fn run_create(
+    pool: &pgbatch::Pool,
+    tenant: &str,
+    name: &str,
+    id: Uuid,
+    key: Option<IdempotencyKey>,
+) -> Result<Uuid, CreateProjectError> {
     let mut batch = Batch::new();
+    if let Some(key) = key {
+        batch.idempotency_key(key);
+    }
     batch
         .push(
             diesel::update(quota::table.find(tenant.to_owned()).filter(quota::projects_used.lt(quota::projects_max)))

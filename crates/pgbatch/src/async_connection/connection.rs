@@ -2,6 +2,9 @@
 //! `batch_execute` one simple query, the transaction manager diesel-async's own, kept in step
 //! with what the server reports.
 
+use std::sync::Arc;
+use std::time::Instant;
+
 use diesel::connection::{
     CacheSize, DynInstrumentation, Instrumentation, InstrumentationEvent, StrQueryHelper, TransactionManagerStatus,
 };
@@ -13,13 +16,17 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncConnectionCore, SimpleAsyncConnection, TransactionManager,
 };
 use futures_util::future::BoxFuture;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::AsyncRow;
 use super::error::{from_ending, from_not_sent};
 use crate::codec::{Boundary, Statement, StepOutput, boundary};
 use crate::connection::{Attachment, Connection, TxStatus};
-use crate::error::{BuildError, ConnectError};
-use crate::protocol::{Answers, Ending};
+use crate::error::{BuildError, ConnectError, SqlState};
+use crate::protocol::{Answers, Ending, NotSent};
+use crate::run::record::{client_span, failed, record_peer};
+use crate::telemetry;
 
 /// The rows of a loaded query: all of them arrived with its answers.
 type Rows = futures_util::stream::Iter<std::vec::IntoIter<QueryResult<AsyncRow>>>;
@@ -66,7 +73,10 @@ impl SimpleAsyncConnection for Connection {
     async fn batch_execute(&mut self, query: &str) -> QueryResult<()> {
         let shown = StrQueryHelper::new(query);
         self.caller().instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
-        let result = match self.simple_request(query).await {
+        let (span, started) = self.query_span();
+        let answered = self.simple_request(query).instrument(span.clone()).await;
+        record_query(&span, started, &answered);
+        let result = match answered {
             Ok(Answers { ending: Ending::Done, .. }) => Ok(()),
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),
@@ -190,7 +200,37 @@ impl diesel_async::pooled_connection::PoolableConnection for Connection {
     }
 }
 
+/// Records what became of one of the caller's requests on its span and in the metrics: its
+/// class and SQLSTATE when it failed (never its text or binds).
+fn record_query(span: &tracing::Span, started: Instant, answered: &Result<Answers, NotSent>) {
+    let (class, code) = match answered {
+        Ok(Answers { ending: Ending::Done, .. }) => (None, None),
+        Ok(Answers { ending: Ending::Failed { error, .. }, .. }) => {
+            let code = error.code();
+            let class = match *code {
+                SqlState::T_R_SERIALIZATION_FAILURE => "serialization_failure",
+                SqlState::T_R_DEADLOCK_DETECTED => "deadlock",
+                _ => "statement",
+            };
+            (Some(class), Some(code.code()))
+        }
+        Ok(Answers { ending: Ending::Lost { .. }, .. }) => (Some("connection"), None),
+        Err(NotSent::Prelude { .. }) => (Some("session_reset"), None),
+        Err(NotSent::Encode { .. } | NotSent::UnknownType(_)) => (Some("invalid"), None),
+        Err(_) => (Some("connection_closed"), None),
+    };
+    let class = failed(span, class, code);
+    telemetry::operation_finished(None, None, class, None, started.elapsed());
+}
+
 impl Connection {
+    /// The span of one of the caller's requests (`pgbatch.query`), and when it began.
+    fn query_span(&self) -> (tracing::Span, Instant) {
+        let span = client_span!("pgbatch.query", Empty, Empty,);
+        record_peer(&span, self.peer().map(Arc::as_ref));
+        (span, Instant::now())
+    }
+
     /// The diesel-async caller's state on this connection.
     fn caller(&mut self) -> &mut CallerState {
         self.attachment()
@@ -203,7 +243,10 @@ impl Connection {
         let statement = statement.map_err(|error| DieselError::SerializationError(Box::new(error)))?;
         let shown = StrQueryHelper::new(&statement.sql.text);
         self.caller().instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
-        let result = match self.request(&statement).await {
+        let (span, started) = self.query_span();
+        let answered = self.request(&statement).instrument(span.clone()).await;
+        record_query(&span, started, &answered);
+        let result = match answered {
             Ok(Answers { mut outputs, ending: Ending::Done, .. }) => Ok(outputs.pop().unwrap_or_default()),
             Ok(Answers { ending, .. }) => Err(from_ending(ending)),
             Err(reason) => Err(from_not_sent(reason)),

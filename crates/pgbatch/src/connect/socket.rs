@@ -28,6 +28,17 @@ impl fmt::Display for Target {
     }
 }
 
+impl Target {
+    /// The address and port telemetry names (`server.address`, `server.port`): the host
+    /// name as configured, or the socket's path.
+    pub(crate) fn address_and_port(&self) -> (String, Option<u16>) {
+        match self {
+            Target::Tcp { host, addr } => (host.clone(), Some(addr.port())),
+            Target::Unix(path) => (path.display().to_string(), None),
+        }
+    }
+}
+
 /// The addresses of one host.
 pub(crate) async fn targets(host: &Host, hostaddr: Option<IpAddr>, port: u16) -> Result<Vec<Target>, ConnectError> {
     Ok(match host {

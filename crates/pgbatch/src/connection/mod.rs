@@ -27,4 +27,4 @@ pub(crate) use pipeline::Pipeline;
 #[cfg(feature = "diesel-async")]
 pub(crate) use state::Attachment;
 pub use state::Connection;
-pub(crate) use state::{EndBackend, Terminate, TxStatus};
+pub(crate) use state::{EndBackend, Peer, Terminate, TxStatus};

@@ -13,7 +13,7 @@ use tokio_postgres::config::Host;
 
 use super::backend::{Backend, IDENTIFY, identity};
 use super::flight::{Flight, Unit};
-use super::state::{Connection, EndBackend};
+use super::state::{Connection, EndBackend, Peer};
 use super::step::queue_read;
 use crate::connect::CancelToken;
 use crate::connect::Io;
@@ -240,6 +240,8 @@ async fn attempt(
     let (process_id, secret_key) = key.unwrap_or((0, 0));
     let cancel = CancelToken::new(target.clone(), process_id, secret_key);
     let mut connection = Connection::new(io, server_parameters, cancel, Arc::clone(&session));
+    let (address, port) = target.address_and_port();
+    connection.set_peer(Peer { database: postgres.get_dbname().unwrap_or(&user).to_owned(), address, port });
     let identity = start_session(&mut connection, &session.setup).await.map_err(|error| match error {
         SetupError::Wire(e) => fail.protocol(e),
         SetupError::Server(error) => ConnectError::Server { host: fail.host.clone(), error },

@@ -65,6 +65,8 @@ pub struct Connection {
     /// OIDs of custom types, looked up once per connection: `(type, array type)`.
     types: HashMap<TypeName, (u32, u32)>,
     pub(super) session: Arc<Session>,
+    /// The database and server the connection reached, for telemetry.
+    peer: Option<Arc<Peer>>,
     /// What the session reset runs after `DISCARD ALL`: the session setup, behind a pooler
     /// preceded by the start-up parameters `DISCARD ALL` takes back (see
     /// [`restore_startup_parameters`](Self::restore_startup_parameters)).
@@ -90,6 +92,16 @@ pub(crate) trait Attachment: Any + Send + Default {
 /// [`Attachment::fit_to_lend`] of the attachment a connection carries.
 #[cfg(feature = "diesel-async")]
 type LendCheck = fn(&mut Connection, Result<(), ConnectError>) -> Result<(), ConnectError>;
+
+/// The database and server a connection reached, as telemetry names them (`db.namespace`,
+/// `server.address`, `server.port`).
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) database: String,
+    pub(crate) address: String,
+    /// None for a Unix-domain socket.
+    pub(crate) port: Option<u16>,
+}
 
 /// When a backend is to be ended (see [`backend`](super::backend)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,9 +134,19 @@ impl Connection {
             reset_setup: session.setup.iter().cloned().collect(),
             session,
             end_backend: None,
+            peer: None,
             #[cfg(feature = "diesel-async")]
             attachment: None,
         }
+    }
+
+    pub(crate) fn set_peer(&mut self, peer: Peer) {
+        self.peer = Some(Arc::new(peer));
+    }
+
+    /// The database and server the connection reached.
+    pub(crate) fn peer(&self) -> Option<&Arc<Peer>> {
+        self.peer.as_ref()
     }
 
     pub(crate) fn set_end_backend(&mut self, end_backend: Option<EndBackend>) {

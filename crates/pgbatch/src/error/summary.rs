@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::build::BuildError;
-use super::cause::CauseSummary;
+use super::cause::{Cause, CauseSummary};
 use super::connect::WireError;
 use super::statement::StatementRef;
 use super::unknown::UnknownReason;
@@ -62,6 +62,49 @@ impl<E> fmt::Display for LogSummary<'_, E> {
                 write!(f, "not sent: inside the caller's transaction, and {reason}")
             }
             Error::NotMultiplexable { reason } => write!(f, "not sent: cannot be multiplexed, because {reason}"),
+        }
+    }
+}
+
+impl<E> Error<E> {
+    /// The class of the error as telemetry reports it (`error.type`): one word a dashboard
+    /// can group by, or none when nothing failed (the key had already committed).
+    pub(crate) fn telemetry_class(&self) -> Option<&'static str> {
+        let of_cause = |cause: &Cause, otherwise| match cause {
+            Cause::SerializationFailure(_) => "serialization_failure",
+            Cause::Deadlock(_) => "deadlock",
+            Cause::GuardFailed(_) => "guard",
+            _ => otherwise,
+        };
+        Some(match self {
+            Error::Invalid { .. } => "invalid",
+            Error::SessionReset(_) => "session_reset",
+            Error::Begin(_) => "begin",
+            Error::Statement(failure) | Error::Domain { failure, .. } => of_cause(failure.cause(), "statement"),
+            Error::Commit(failure) => of_cause(failure.cause(), "commit"),
+            Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::Connection(_) => "connection",
+            Error::AlreadyCommitted(_) => return None,
+            Error::IdempotencyMarker { .. } => "idempotency_marker",
+            Error::KeyFenced { .. } => "key_fenced",
+            Error::ConnectionClosed => "connection_closed",
+            Error::Pool(_) => "pool",
+            Error::InEnclosingTransaction { .. } => "in_enclosing_transaction",
+            Error::NotMultiplexable { .. } => "not_multiplexable",
+        })
+    }
+
+    /// The SQLSTATE the error ended with (`db.response.status_code`), when the server gave
+    /// one.
+    pub(crate) fn status_code(&self) -> Option<&str> {
+        match self {
+            Error::OutcomeUnknown(unknown) => match unknown.reason() {
+                UnknownReason::Ambiguous(error) => Some(error.code().code()),
+                UnknownReason::ConnectionLost(WireError::Session(error)) => Some(error.code().code()),
+                UnknownReason::ConnectionLost(_) => None,
+            },
+            Error::Connection(WireError::Session(error)) => Some(error.code().code()),
+            _ => self.cause().and_then(Cause::code).map(|code| code.code()),
         }
     }
 }

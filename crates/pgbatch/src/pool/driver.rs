@@ -20,6 +20,7 @@ use crate::connection::{End, Exchange};
 use crate::error::PoolError;
 use crate::protocol::PreludeOutcome;
 use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Position};
+use crate::telemetry;
 
 /// What a batch given to a [`Multiplexed`](super::multiplex::Multiplexed) client brought back.
 pub(crate) struct Delivery {
@@ -48,12 +49,14 @@ struct Sent {
     _load: Load,
 }
 
-/// Counts a batch in its lane's load for as long as it lives.
+/// Counts a batch in its lane's load, and in the client's in-flight gauge, for as long as
+/// it lives.
 pub(super) struct Load(Arc<AtomicUsize>);
 
 impl Load {
     pub(super) fn new(load: &Arc<AtomicUsize>) -> Self {
         load.fetch_add(1, Ordering::Relaxed);
+        telemetry::multiplexed_in_flight(1.0);
         Load(Arc::clone(load))
     }
 }
@@ -61,6 +64,7 @@ impl Load {
 impl Drop for Load {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        telemetry::multiplexed_in_flight(-1.0);
     }
 }
 

@@ -2,12 +2,14 @@
 
 use std::ops::DerefMut;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::connect::Config;
 use crate::connect::{Session, SessionReset};
 use crate::connection::Connection;
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
+use crate::telemetry;
 
 /// A bb8 pool of pgbatch connections: what a service keeps and runs batches on.
 pub type Pool = bb8::Pool<ConnectionManager>;
@@ -186,6 +188,7 @@ impl<'p> Acquire for &'p Pool {
     /// say why connecting fails (bb8 keeps the errors of the connections it opens in the
     /// background to itself), and is answered at the deadline either way.
     async fn acquire(self) -> Result<Self::Lease, PoolError> {
+        let started = Instant::now();
         let timeout = self.config().connection_timeout;
         let mut get = std::pin::pin!(self.get());
         let diagnosis = async {
@@ -205,11 +208,17 @@ impl<'p> Acquire for &'p Pool {
             got = &mut get => (got, None),
             last_connect_error = diagnosis => (get.await, last_connect_error),
         };
-        match got {
+        let lease = match got {
             Ok(connection) => Ok(connection),
             Err(bb8::RunError::User(error)) => Err(PoolError::Connect(error)),
             Err(bb8::RunError::TimedOut) => Err(PoolError::TimedOut { last_connect_error }),
+        };
+        telemetry::checkout(started.elapsed(), matches!(lease, Err(PoolError::TimedOut { .. })));
+        if lease.is_ok() {
+            let state = self.state();
+            telemetry::pool_connections(state.idle_connections, state.connections - state.idle_connections);
         }
+        lease
     }
 
     fn another(&self) -> Option<Self> {

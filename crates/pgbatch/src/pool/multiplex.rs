@@ -13,11 +13,13 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::driver::{Delivery, Driver, Job, Load};
 use super::manager::{ConnectionManager, Pool};
 use crate::codec::Statement;
+use crate::connection::Peer;
 use crate::error::{ConnectError, PoolError, WireError};
 use crate::plan::RetryPolicy;
 use crate::protocol::Collector;
 use crate::protocol::sql::COMMIT;
 use crate::protocol::{BatchNotSent, NotSent};
+use crate::telemetry;
 
 /// Batches of many concurrent callers multiplexed on a few shared connections.
 ///
@@ -64,6 +66,8 @@ struct Shared {
     pool: Pool,
     /// How many batches each driver keeps in flight.
     depth: usize,
+    /// The database and server of the client's connections, for telemetry.
+    peer: Option<Arc<Peer>>,
 }
 
 /// One connection's queue and its driver's load.
@@ -146,6 +150,7 @@ impl MultiplexedBuilder {
             connections.push(self.manager.connect().await?);
         }
         let behind_pooler = connections.iter().any(|connection| !connection.has_own_backend());
+        let peer = connections.first().and_then(|connection| connection.peer().cloned());
         let depth = if behind_pooler && !self.pooler_keeps_pipelines {
             tracing::warn!(
                 "multiplexing behind a pooler with one batch in flight per connection; \
@@ -172,6 +177,7 @@ impl MultiplexedBuilder {
                 retry,
                 pool,
                 depth,
+                peer,
             }),
         })
     }
@@ -211,6 +217,11 @@ impl Multiplexed {
         self.shared.depth
     }
 
+    /// The database and server of the client's connections.
+    pub(crate) fn peer(&self) -> Option<&Peer> {
+        self.shared.peer.as_deref()
+    }
+
     /// How many batches are in flight or waiting, per connection.
     pub fn load(&self) -> Vec<usize> {
         self.shared.lanes.iter().map(|lane| lane.load.load(Ordering::Relaxed)).collect()
@@ -226,10 +237,16 @@ impl Multiplexed {
     ) -> Result<Delivery, BatchNotSent> {
         let admitted =
             tokio::time::timeout(self.shared.admission_timeout, self.shared.admission.clone().acquire_owned());
-        let permit = match admitted.await {
+        let waiting = Waiting::new();
+        let admitted = admitted.await;
+        drop(waiting);
+        let permit = match admitted {
             Ok(Ok(permit)) => permit,
             Ok(Err(_)) => return Err(NotSent::Closed.into()),
-            Err(_) => return Err(BatchNotSent::Pool(PoolError::TimedOut { last_connect_error: None })),
+            Err(_) => {
+                telemetry::admission_timed_out();
+                return Err(BatchNotSent::Pool(PoolError::TimedOut { last_connect_error: None }));
+            }
         };
         let lane = self
             .shared
@@ -253,6 +270,23 @@ impl Multiplexed {
                 orphan: None,
             }),
         }
+    }
+}
+
+/// A caller waiting for the client to take its batch, in the waiting gauge for as long as
+/// it waits (also when the caller gives up).
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Self {
+        telemetry::multiplexed_waiting(1.0);
+        Waiting
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        telemetry::multiplexed_waiting(-1.0);
     }
 }
 

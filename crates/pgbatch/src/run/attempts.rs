@@ -11,6 +11,7 @@ use crate::codec::Statement;
 use crate::error::Error;
 use crate::outcome::{Committed, key_taken};
 use crate::plan::{IdempotencyKey, MarkerRow, RetryPolicy};
+use crate::telemetry;
 
 /// Where a batch's attempts are sent: a connection leased from a pool (or a bare one), or a
 /// lane of a [`Multiplexed`](crate::Multiplexed) client.
@@ -96,6 +97,7 @@ pub(super) async fn run_attempts<E, T: Transport<E>>(
             (Error::OutcomeUnknown(_), Some(key)) => {
                 match transport.settle(error, key, attempt < policy.attempts(), batch.len()).await {
                     Settlement::Replay(marker) => {
+                        telemetry::replayed("after_settlement");
                         replay_marker = Some(Arc::new(marker));
                         (settled, attempt) = (true, attempt + 1);
                         continue;
@@ -106,8 +108,12 @@ pub(super) async fn run_attempts<E, T: Transport<E>>(
             }
             _ => error,
         };
-        if let Replay::OnAnotherConnection = back_off(error, attempt, policy, transport.can_replace()).await? {
-            transport.replace().await?;
+        match back_off(error, attempt, policy, transport.can_replace()).await? {
+            Replay::OnAnotherConnection => {
+                telemetry::replayed("another_connection");
+                transport.replace().await?;
+            }
+            Replay::OnSameConnection => telemetry::replayed("same_connection"),
         }
         attempt += 1;
     }

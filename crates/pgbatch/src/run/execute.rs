@@ -10,7 +10,7 @@ use tracing::field::Empty;
 
 use super::attempts::{Settlement, Transport, run_attempts};
 use super::batch::Batch;
-use super::record::{Outcome, observe, record, statement_outcome};
+use super::record::{Outcome, Report, client_span, observe, record, record_peer, statement_outcome};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
 use crate::connection::{Connection, End, Exchange, Restart, TxStatus};
@@ -18,6 +18,7 @@ use crate::error::{Error, UnknownReason};
 use crate::outcome::Committed;
 use crate::plan::{IdempotencyKey, MarkerRow, RetryPolicy};
 use crate::pool::Acquire;
+use crate::telemetry::BATCH_OPERATION;
 
 impl<E> Batch<E> {
     /// Runs the batch: `BEGIN`, every statement and `COMMIT`, in one round trip.
@@ -43,11 +44,12 @@ impl<E> Batch<E> {
     /// fragment maps it), naming the statement.
     pub async fn run<A: Acquire>(&self, target: A) -> Result<Committed, Error<E>> {
         let statements = self.wire_statements()?;
-        let span = self.run_span();
+        let (span, started) = (self.run_span(), Instant::now());
         let result = async {
             // A pool can lend another connection: the one to settle an unknown outcome on.
             let spare = target.another();
             let mut lease = target.acquire().await.map_err(Error::Pool)?;
+            record_peer(&span, lease.peer().map(Arc::as_ref));
             let policy = self.retry_policy().unwrap_or_else(|| lease.retry_policy());
             if lease.in_caller_transaction() {
                 // Never end the caller's transaction: join it.
@@ -64,15 +66,22 @@ impl<E> Batch<E> {
             Ok(committed) if committed.in_enclosing_transaction() => Outcome::Released,
             _ => Outcome::Committed,
         };
-        record(&span, &result, success);
+        record(
+            &span,
+            &result,
+            success,
+            Report { operation: Some(BATCH_OPERATION), transport: Some("pooled"), started },
+        );
         result
     }
 
     /// The span of a run: its statements and labels, then what the run records (see
     /// [`record`](super::record)).
     pub(super) fn run_span(&self) -> tracing::Span {
-        tracing::debug_span!(
+        client_span!(
             "pgbatch.run",
+            BATCH_OPERATION,
+            self.len(),
             statements = self.len(),
             labels = %self.label_summary(),
             multiplexed = Empty,

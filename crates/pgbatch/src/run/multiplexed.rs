@@ -2,12 +2,13 @@
 //! as on a pooled connection, with the exchange given to a shared connection's driver.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::Instrument;
 
 use super::attempts::{Settlement, Transport, run_attempts};
 use super::batch::Batch;
-use super::record::{Outcome, record};
+use super::record::{Outcome, Report, record, record_peer};
 use super::settle::{Orphan, Resolved, read_marker, settle_unknown};
 use crate::codec::Statement;
 use crate::connection::End;
@@ -15,6 +16,7 @@ use crate::error::Error;
 use crate::outcome::Committed;
 use crate::plan::{IdempotencyKey, MarkerRow};
 use crate::pool::{Acquire, Multiplexed};
+use crate::telemetry::BATCH_OPERATION;
 
 impl<E> Batch<E> {
     /// Runs the batch on a connection it shares with other callers' batches, written
@@ -45,11 +47,13 @@ impl<E> Batch<E> {
                 reason: "its retry policy keeps a transaction open between attempts (CockroachDB's restart savepoint)",
             });
         }
-        let span = self.run_span();
+        let (span, started) = (self.run_span(), Instant::now());
         span.record("multiplexed", true);
+        record_peer(&span, client.peer());
         let mut lane = Lane { client, statements, orphan: None };
         let result = run_attempts(self, &mut lane, policy).instrument(span.clone()).await;
-        record(&span, &result, Outcome::Committed);
+        let report = Report { operation: Some(BATCH_OPERATION), transport: Some("multiplexed"), started };
+        record(&span, &result, Outcome::Committed, report);
         result
     }
 }

@@ -1,13 +1,61 @@
-//! What a run leaves for those who watch it: the `outcome` and `error` fields of its tracing
-//! span, and, when its connection has an [`Observer`], an event for every statement. Runs
-//! (`run`) and two-phase batches (`prepare`, then `commit` or `rollback`) both record
-//! through here, so the words and the events are the same for both.
+//! What a run leaves for those who watch it: its tracing span, with pgbatch's fields and
+//! OpenTelemetry's conventional attributes (see [`telemetry`](crate::telemetry)), its
+//! metrics, and, when its connection has an [`Observer`], an event for every statement.
+//! Runs (`run`), two-phase batches (`prepare`, then `commit` or `rollback`) and diesel-async
+//! queries all record through here, so the words and the events are the same for each.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::connection::Peer;
 use crate::error::Error;
 use crate::plan::{Observed, Observer, StatementEvent};
+use crate::telemetry;
+
+/// The span of one client operation: OpenTelemetry's conventional attributes (the kind, the
+/// system, the operation and batch size; the database and server once a connection is had;
+/// the status code and error class when it fails), then pgbatch's own fields.
+macro_rules! client_span {
+    ($name:literal, $operation:expr, $batch_size:expr, $($field:tt)*) => {
+        tracing::debug_span!(
+            $name,
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = $crate::telemetry::SYSTEM_NAME,
+            db.operation.name = $operation,
+            db.operation.batch.size = $batch_size,
+            db.namespace = tracing::field::Empty,
+            server.address = tracing::field::Empty,
+            server.port = tracing::field::Empty,
+            db.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            $($field)*
+        )
+    };
+}
+pub(crate) use client_span;
+
+/// Records on `span` the database and server an operation runs on.
+pub(crate) fn record_peer(span: &tracing::Span, peer: Option<&Peer>) {
+    if let Some(peer) = peer {
+        span.record("db.namespace", peer.database.as_str());
+        span.record("server.address", peer.address.as_str());
+        if let Some(port) = peer.port {
+            span.record("server.port", port);
+        }
+    }
+}
+
+/// What a finished operation reports to metrics besides its result.
+#[derive(Clone, Copy)]
+pub(crate) struct Report {
+    /// `db.operation.name`, when the operation has one.
+    pub(crate) operation: Option<&'static str>,
+    /// `pgbatch.transport`, for an operation that counts as a batch.
+    pub(crate) transport: Option<&'static str>,
+    /// When the operation began.
+    pub(crate) started: Instant,
+}
 
 /// What became of a run (or of one round trip of a two-phase batch), as the one word of its
 /// span's `outcome` field that a log query can filter on.
@@ -54,18 +102,32 @@ impl Outcome {
     }
 }
 
-/// Records on `span` what became of a run: `success` when it succeeded, otherwise the
-/// error's outcome and its value-free summary.
-pub(crate) fn record<T, E>(span: &tracing::Span, result: &Result<T, Error<E>>, success: Outcome) {
-    match result {
-        Ok(_) => {
-            span.record("outcome", success.word());
-        }
+/// Records on `span` and in the metrics what became of a run: `success` when it succeeded,
+/// otherwise the error's outcome, class, SQLSTATE and value-free summary.
+pub(crate) fn record<T, E>(span: &tracing::Span, result: &Result<T, Error<E>>, success: Outcome, report: Report) {
+    let (outcome, class) = match result {
+        Ok(_) => (success, None),
         Err(error) => {
-            span.record("outcome", Outcome::of(error).word());
             span.record("error", tracing::field::display(error.log_summary()));
+            (Outcome::of(error), failed(span, error.telemetry_class(), error.status_code()))
         }
+    };
+    span.record("outcome", outcome.word());
+    let elapsed = report.started.elapsed();
+    telemetry::operation_finished(report.operation, Some(outcome.word()), class, report.transport, elapsed);
+}
+
+/// Records on `span` that its operation failed, with its class and SQLSTATE; returns the
+/// class.
+pub(crate) fn failed(span: &tracing::Span, class: Option<&'static str>, code: Option<&str>) -> Option<&'static str> {
+    if let Some(class) = class {
+        span.record("error.type", class);
+        span.record("otel.status_code", "ERROR");
     }
+    if let Some(code) = code {
+        span.record("db.response.status_code", code);
+    }
+    class
 }
 
 /// What became of statement `index` of a run that ended in `result`.

@@ -22,6 +22,7 @@ use crate::error::{AlreadyCommitted, Error};
 use crate::outcome::{not_committed, settled_as_committed};
 use crate::plan::{IdempotencyKey, Marker, MarkerRow, fence_sql, lookup_sql};
 use crate::pool::Acquire;
+use crate::telemetry;
 
 /// How long a settlement waits for the lost batch's backend to take a cancel request.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,6 +124,7 @@ pub(crate) async fn settle_unknown<A: Acquire, E>(
         Ok(connection) => connection,
         Err(pool_error) => {
             tracing::warn!(error = %pool_error, "no connection to settle an unknown outcome on: it stays unknown");
+            telemetry::settled("unknown");
             return Resolved::Verdict(error);
         }
     };
@@ -159,10 +161,18 @@ pub(crate) async fn settle<E>(orphan: Option<&Orphan>, connection: &mut Connecti
         None => {}
     }
     match fence_or_read::<E>(connection, key).await {
-        Ok(Marker::Committed(at)) => Settled::Committed(settled_as_committed(key, at)),
-        Ok(Marker::Fenced(token)) => Settled::NotCommitted(token),
+        Ok(Marker::Committed(at)) => {
+            telemetry::settled("committed");
+            Settled::Committed(settled_as_committed(key, at))
+        }
+        Ok(Marker::Fenced(token)) => {
+            telemetry::settled("not_committed");
+            telemetry::key_fenced();
+            Settled::NotCommitted(token)
+        }
         Err(error) => {
             tracing::warn!(error = %error.log_summary(), "could not settle an unknown outcome");
+            telemetry::settled("unknown");
             Settled::Unknown
         }
     }
