@@ -337,7 +337,7 @@ async fn a_multiplexed_batch_is_counted_as_multiplexed_and_leaves_no_batch_in_fl
         duration("committed", None),
         batches("committed", "multiplexed"),
         // One batch given and answered; one caller that waited and was taken.
-        (metric("pgbatch.multiplexed.in_flight", &[]), 0.0),
+        (metric("pgbatch.multiplexed.in_flight", &[("pgbatch.connection", "0")]), 0.0),
         (metric("pgbatch.multiplexed.waiting", &[]), 0.0),
     ]);
     assert_eq!(metrics, expected);

@@ -38,7 +38,7 @@
 //! | [`CONNECTION_WAIT_TIME`] | histogram, seconds | - | every checkout of a pooled connection (batches, settlements, diesel-async) |
 //! | [`CONNECTION_TIMEOUTS`] | counter | - | no pooled connection came in time |
 //! | [`CONNECTION_COUNT`] | gauge | `db.client.connection.state` (`idle`, `used`) | a pooled connection was lent |
-//! | [`MULTIPLEXED_IN_FLIGHT`] | gauge | - | batches given to a multiplexed client's connections and not yet answered |
+//! | [`MULTIPLEXED_IN_FLIGHT`] | gauge | `pgbatch.connection` (the connection's index in its client: `0`, `1`, ...) | batches given to a multiplexed client's connection and not yet answered |
 //! | [`MULTIPLEXED_WAITING`] | gauge | - | callers waiting for a multiplexed client to take their batch |
 //! | [`ADMISSION_TIMEOUTS`] | counter | - | a multiplexed client did not take a batch in time |
 //!
@@ -74,8 +74,8 @@ pub const CONNECTION_WAIT_TIME: &str = "db.client.connection.wait_time";
 pub const CONNECTION_TIMEOUTS: &str = "db.client.connection.timeouts";
 /// `db.client.connection.count`: a pool's connections by state, when it lent one.
 pub const CONNECTION_COUNT: &str = "db.client.connection.count";
-/// `pgbatch.multiplexed.in_flight`: batches given to a multiplexed client's connections
-/// and not yet answered.
+/// `pgbatch.multiplexed.in_flight`: batches given to a multiplexed client's connection and
+/// not yet answered, by connection.
 pub const MULTIPLEXED_IN_FLIGHT: &str = "pgbatch.multiplexed.in_flight";
 /// `pgbatch.multiplexed.waiting`: callers waiting for a multiplexed client to take their
 /// batch.
@@ -139,9 +139,9 @@ pub(crate) fn pool_connections(idle: u32, used: u32) {
     metrics::gauge!(CONNECTION_COUNT, "db.client.connection.state" => "used").set(used);
 }
 
-/// A batch given to a multiplexed connection (`1`) or answered (`-1`).
-pub(crate) fn multiplexed_in_flight(change: f64) {
-    metrics::gauge!(MULTIPLEXED_IN_FLIGHT).increment(change);
+/// A batch given to a multiplexed client's connection `connection` (`1`) or answered (`-1`).
+pub(crate) fn multiplexed_in_flight(connection: metrics::SharedString, change: f64) {
+    metrics::gauge!(MULTIPLEXED_IN_FLIGHT, "pgbatch.connection" => connection).increment(change);
 }
 
 /// A caller starts (`1`) or stops (`-1`) waiting for a multiplexed client to take its batch.

@@ -21,6 +21,7 @@ use crate::error::PoolError;
 use crate::protocol::PreludeOutcome;
 use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Position};
 use crate::telemetry;
+use metrics::SharedString;
 
 /// What a batch given to a [`Multiplexed`](super::multiplex::Multiplexed) client brought back.
 pub(crate) struct Delivery {
@@ -49,22 +50,26 @@ struct Sent {
     _load: Load,
 }
 
-/// Counts a batch in its lane's load, and in the client's in-flight gauge, for as long as
-/// it lives.
-pub(super) struct Load(Arc<AtomicUsize>);
+/// Counts a batch in its lane's load, and in that connection's in-flight gauge, for as
+/// long as it lives.
+pub(super) struct Load {
+    load: Arc<AtomicUsize>,
+    /// The connection's index, the gauge's label.
+    connection: SharedString,
+}
 
 impl Load {
-    pub(super) fn new(load: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(load: &Arc<AtomicUsize>, connection: &SharedString) -> Self {
         load.fetch_add(1, Ordering::Relaxed);
-        telemetry::multiplexed_in_flight(1.0);
-        Load(Arc::clone(load))
+        telemetry::multiplexed_in_flight(connection.clone(), 1.0);
+        Load { load: Arc::clone(load), connection: connection.clone() }
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-        telemetry::multiplexed_in_flight(-1.0);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        telemetry::multiplexed_in_flight(self.connection.clone(), -1.0);
     }
 }
 

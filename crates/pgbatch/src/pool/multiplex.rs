@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bb8::ManageConnection;
+use metrics::SharedString;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::driver::{Delivery, Driver, Job, Load};
@@ -72,6 +73,8 @@ struct Shared {
 
 /// One connection's queue and its driver's load.
 struct Lane {
+    /// The connection's index among the client's, as telemetry labels it.
+    index: SharedString,
     jobs: mpsc::Sender<Job>,
     /// Batches given to this lane and not yet answered.
     load: Arc<AtomicUsize>,
@@ -161,11 +164,11 @@ impl MultiplexedBuilder {
             self.in_flight_per_connection
         };
         let mut lanes = Vec::with_capacity(self.connections);
-        for connection in connections {
+        for (index, connection) in connections.into_iter().enumerate() {
             let (jobs, queue) = mpsc::channel(depth);
             let driver = Driver { manager: self.manager.clone(), queue, connection: Some(connection), depth };
             tokio::spawn(driver.run());
-            lanes.push(Lane { jobs, load: Arc::new(AtomicUsize::new(0)) });
+            lanes.push(Lane { index: index.to_string().into(), jobs, load: Arc::new(AtomicUsize::new(0)) });
         }
         let retry = self.manager.session_retry();
         let pool = bb8::Pool::builder().max_size(2).min_idle(Some(0)).build_unchecked(self.manager);
@@ -256,7 +259,7 @@ impl Multiplexed {
             .expect("a client has at least one connection");
         let count = statements.len();
         let (reply, answer) = oneshot::channel();
-        let job = Job { statements, begin, reply, _permit: permit, _load: Load::new(&lane.load) };
+        let job = Job { statements, begin, reply, _permit: permit, _load: Load::new(&lane.load, &lane.index) };
         if lane.jobs.send(job).await.is_err() {
             return Err(NotSent::Closed.into());
         }
