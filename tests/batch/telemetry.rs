@@ -6,74 +6,22 @@
 //! appears in any field or label.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use pgbatch::idempotency;
 use pgbatch::{Batch, ConnectionManager, Error, IdempotencyKey, Multiplexed, RetryPolicy};
-use pgbatch_testing::Fault;
+use pgbatch_testing::{ClosedSpan, Fault, SpanCollector};
 use tokio_postgres::config::Host;
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing_subscriber::layer::{Context, Layer};
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::registry::LookupSpan;
 
 use crate::common::*;
 
 /// Every bind of these tests carries it; no field or label may.
 const SECRET: &str = "telemetry-secret";
 
-/// A closed span: its name and every field it was given, as text.
-#[derive(Debug, Clone)]
-struct Closed {
-    name: &'static str,
-    fields: BTreeMap<String, String>,
-}
-
-/// Collects the spans that close while it is installed.
-#[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<Closed>>>);
-
-struct Fields(BTreeMap<String, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Spans {
-    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, context: Context<'_, S>) {
-        let mut fields = Fields(BTreeMap::new());
-        attributes.record(&mut fields);
-        if let Some(span) = context.span(id) {
-            span.extensions_mut().insert(fields);
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, context: Context<'_, S>) {
-        if let Some(span) = context.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
-        {
-            values.record(fields);
-        }
-    }
-
-    fn on_close(&self, id: Id, context: Context<'_, S>) {
-        if let Some(span) = context.span(&id) {
-            let fields = span.extensions_mut().remove::<Fields>().map(|fields| fields.0).unwrap_or_default();
-            self.0.lock().unwrap().push(Closed { name: span.name(), fields });
-        }
-    }
-}
-
 /// A subscriber and a metrics recorder for this thread, and what they saw.
 struct Watch {
-    spans: Spans,
+    spans: SpanCollector,
     snapshotter: Snapshotter,
     _recorder: metrics::LocalRecorderGuard<'static>,
     _subscriber: tracing::subscriber::DefaultGuard,
@@ -81,7 +29,7 @@ struct Watch {
 
 impl Watch {
     fn install() -> Watch {
-        let spans = Spans::default();
+        let spans = SpanCollector::default();
         let subscriber = tracing_subscriber::registry().with(spans.clone());
         // Leaked so that the guard can live in the struct: one small recorder per test.
         let recorder: &'static DebuggingRecorder = Box::leak(Box::new(DebuggingRecorder::new()));
@@ -94,8 +42,8 @@ impl Watch {
     }
 
     /// pgbatch's spans that closed.
-    fn spans(&self) -> Vec<Closed> {
-        self.spans.0.lock().unwrap().iter().filter(|span| span.name.starts_with("pgbatch.")).cloned().collect()
+    fn spans(&self) -> Vec<ClosedSpan> {
+        self.spans.closed().into_iter().filter(|span| span.name.starts_with("pgbatch.")).collect()
     }
 
     /// Every metric recorded since the last call, as `name{label=value,...}`: a counter's
@@ -120,7 +68,7 @@ impl Watch {
 }
 
 /// The one span of pgbatch's that closed, by name.
-fn only_span(spans: &[Closed], name: &str) -> BTreeMap<String, String> {
+fn only_span(spans: &[ClosedSpan], name: &str) -> BTreeMap<String, String> {
     let found: Vec<_> = spans.iter().filter(|span| span.name == name).collect();
     assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
     found[0].fields.clone()
@@ -192,7 +140,7 @@ fn batches(outcome: &str, transport: &str) -> (String, f64) {
 }
 
 /// No span field and no metric label holds a bind's value.
-fn no_secret(spans: &[Closed], metrics: &BTreeMap<String, f64>) {
+fn no_secret(spans: &[ClosedSpan], metrics: &BTreeMap<String, f64>) {
     for span in spans {
         for (field, value) in &span.fields {
             assert!(!value.contains(SECRET), "{}.{field} holds a bind value: {value}", span.name);

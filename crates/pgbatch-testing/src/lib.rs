@@ -82,6 +82,7 @@ mod inspect;
 mod proxy;
 mod schema;
 mod size;
+mod spans;
 mod template;
 mod tls;
 
@@ -97,4 +98,5 @@ pub use pgbatch_testing_macros::test;
 pub use proxy::{Fault, Proxy, ProxyBuilder};
 pub use schema::SchemaError;
 pub use size::{SIZE_VARIABLE, TestSize};
+pub use spans::{ClosedSpan, SpanCollector};
 pub use template::MigratedError;

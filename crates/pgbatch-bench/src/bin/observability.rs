@@ -1,7 +1,8 @@
 //! What watching pgbatch costs: C1 batches (a project and its provisioning counter) on one
 //! connection at 0 ms added delay, with nothing installed and with a `tracing` subscriber
-//! that records every field of every span (as an exporter does) and metrics-util's
-//! recorder, interleaved sample by sample on one current-thread runtime.
+//! that keeps every field of every span (`pgbatch_testing::SpanCollector`, as an exporter's
+//! layer does) and metrics-util's recorder, interleaved sample by sample on one
+//! current-thread runtime.
 //!
 //! ```sh
 //! cargo run --release -p pgbatch-bench --bin observability
@@ -9,7 +10,6 @@
 //!
 //! Prints both medians and their ratio. Exits with status 1 when no server can be had.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -18,52 +18,22 @@ use pgbatch::Connection;
 use pgbatch_bench::workload::Workload;
 use pgbatch_bench::{Setup, quantile};
 use pgbatch_scenarios::seed::{Quotas, seed};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing_subscriber::layer::{Context, Layer};
+use pgbatch_testing::SpanCollector;
 use tracing_subscriber::prelude::*;
-use tracing_subscriber::registry::LookupSpan;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const WARMUP: usize = 100;
 const SAMPLES: usize = 3_000;
 
-/// Keeps every field of every span until it closes, as an exporter's layer does.
-struct Fields(BTreeMap<&'static str, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name(), format!("{value:?}"));
-    }
-}
-
-struct Recording;
-
-impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recording {
-    fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, context: Context<'_, S>) {
-        let mut fields = Fields(BTreeMap::new());
-        attributes.record(&mut fields);
-        if let Some(span) = context.span(id) {
-            span.extensions_mut().insert(fields);
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, context: Context<'_, S>) {
-        if let Some(span) = context.span(id)
-            && let Some(fields) = span.extensions_mut().get_mut::<Fields>()
-        {
-            values.record(fields);
-        }
-    }
-}
-
 async fn measure() -> Result<(), BoxError> {
     let setup = Setup::new(pgbatch_scenarios::SCHEMA_SQL).await?;
     let mut connection = Connection::connect_with(setup.db.config()).await?;
     let quotas = Quotas { cpus: i64::MAX / 4, ram: i64::MAX / 4, storage: i64::MAX / 4 };
     let silo = seed(&mut connection, "bench", quotas).await?.silo;
-    let subscriber: tracing::Dispatch = tracing_subscriber::registry().with(Recording).into();
+    // Keeps every field of every span, as an exporter's layer does.
+    let spans = SpanCollector::default();
+    let subscriber: tracing::Dispatch = tracing_subscriber::registry().with(spans.clone()).into();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let mut round = 0;
@@ -90,6 +60,7 @@ async fn measure() -> Result<(), BoxError> {
                 batch.run(&mut connection).await?;
                 started.elapsed()
             };
+            spans.clear();
             if sample >= WARMUP {
                 if watch { watched.push(elapsed) } else { bare.push(elapsed) }
             }
