@@ -324,3 +324,44 @@ async fn a_diesel_async_query_is_a_client_span_and_a_failing_one_says_why() {
     assert_eq!(metrics, expected);
     no_secret(&spans, &metrics);
 }
+
+#[tokio::test]
+async fn a_two_phase_batch_is_a_prepare_and_a_decide_span_and_counts_once_when_decided() {
+    let h = Harness::new().await;
+    let watch = Watch::install();
+    let mut batch = Batch::new();
+    batch.push(insert_note(1, SECRET));
+    batch.push(insert_note(1, SECRET));
+    let prepared = batch.prepare(&h.pool).await.expect("the first round trip");
+    prepared.commit().await.expect("the commit");
+
+    let spans = watch.spans();
+    let prepare = only_span(&spans, "pgbatch.prepare");
+    let mut expected = run_fields(&h, 2, &[("outcome", "open")]);
+    expected.remove("attempt");
+    assert_eq!(comparable(prepare), expected);
+    let decide = only_span(&spans, "pgbatch.decide");
+    let mut expected = server_fields(&h);
+    for (field, value) in [
+        ("otel.kind", "client"),
+        ("db.system.name", "postgresql"),
+        ("db.operation.name", "COMMIT"),
+        ("decision", "commit"),
+        ("outcome", "committed"),
+    ] {
+        expected.insert(field.to_owned(), value.to_owned());
+    }
+    assert_eq!(comparable(decide), expected);
+    let metrics = watch.metrics();
+    let idle = metrics[&metric("db.client.connection.count", &[("db.client.connection.state", "idle")])];
+    let decided = metric(
+        "db.client.operation.duration",
+        &[("db.system.name", "postgresql"), ("db.operation.name", "COMMIT"), ("pgbatch.outcome", "committed")],
+    );
+    let expected: BTreeMap<String, f64> = checkout(idle)
+        .into_iter()
+        .chain([duration("open", None), (decided, 1.0), batches("committed", "two_phase")])
+        .collect();
+    assert_eq!(metrics, expected, "the batch counts once, when decided");
+    no_secret(&spans, &metrics);
+}
