@@ -31,7 +31,7 @@
 //! | name | kind | labels | when |
 //! |---|---|---|---|
 //! | [`OPERATION_DURATION`] | histogram, seconds | `db.system.name`; `db.operation.name` and `pgbatch.outcome` for batches; `error.type` when it failed | every run, two-phase round trip and query |
-//! | [`BATCHES`] | counter | `pgbatch.outcome`, `pgbatch.transport` | every run of a batch and every two-phase decision |
+//! | [`BATCHES`] | counter | `pgbatch.outcome`, `pgbatch.transport` | every run of a batch; a two-phase batch once, at its decision (or at its first round trip when that failed) |
 //! | [`SETTLEMENTS`] | counter | `pgbatch.settled_as` (`committed`, `not_committed`, `unknown`) | an unknown outcome settled through its idempotency key |
 //! | [`KEYS_FENCED`] | counter | - | a settlement voided a key that had not committed |
 //! | [`REPLAYS`] | counter | `pgbatch.replay` (`same_connection`, `another_connection`, `after_settlement`) | an attempt replayed |

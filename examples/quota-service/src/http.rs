@@ -5,7 +5,7 @@
 //! | request | answer |
 //! |---|---|
 //! | `PUT /tenants/{tenant}` `{"projects_max": 3}` | `204`: the tenant's quota, set |
-//! | `POST /tenants/{tenant}/projects` `{"name": "web"}`, optional `Idempotency-Key` | `201` `{"id", "name", "replayed"}`; `409` the name is taken; `422` the quota is used up; `503` with `Retry-After` when the outcome is unknown or the database unreachable |
+//! | `POST /tenants/{tenant}/projects` `{"name": "web"}`, optional `Idempotency-Key` | `201` `{"id", "name", "replayed"}`; `409` the name is taken; `422` the quota is used up; `503` with `Retry-After` when the outcome is unknown or the database unreachable; `400` a body that is not this JSON |
 //! | `GET /tenants/{tenant}/projects` | `200` `[{"id", "name"}]` (diesel-async reads on the same pool) |
 //! | `GET /metrics` | pgbatch's metrics (and any other), in Prometheus's text format |
 //!
@@ -18,6 +18,7 @@
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -99,8 +100,22 @@ fn unavailable(code: &'static str, message: String) -> Response {
     response
 }
 
-async fn set_quota(State(service): State<Service>, Path(tenant): Path<String>, Json(quota): Json<Quota>) -> Response {
+/// A body that is not the JSON asked for: `400`, in the service's own error shape (axum's
+/// own rejection would be a `422` in plain text, which a client could take for a quota).
+fn bad_body(rejection: &JsonRejection) -> Response {
+    problem(StatusCode::BAD_REQUEST, "bad_body", rejection.body_text())
+}
+
+async fn set_quota(
+    State(service): State<Service>,
+    Path(tenant): Path<String>,
+    quota: Result<Json<Quota>, JsonRejection>,
+) -> Response {
     use crate::schema::quota;
+    let Json(quota) = match quota {
+        Ok(quota) => quota,
+        Err(rejection) => return bad_body(&rejection),
+    };
     use diesel::ExpressionMethods;
     use diesel::upsert::excluded;
     let mut batch = pgbatch::Batch::new();
@@ -121,8 +136,12 @@ async fn create(
     State(service): State<Service>,
     Path(tenant): Path<String>,
     headers: HeaderMap,
-    Json(new): Json<NewProject>,
+    new: Result<Json<NewProject>, JsonRejection>,
 ) -> Response {
+    let Json(new) = match new {
+        Ok(new) => new,
+        Err(rejection) => return bad_body(&rejection),
+    };
     let key = match headers.get(IDEMPOTENCY_KEY).map(HeaderValue::to_str) {
         None => None,
         Some(Ok(key)) if !key.is_empty() && key.len() <= 255 => Some(key),

@@ -112,6 +112,9 @@ async fn concurrent_creates_never_exceed_the_quota_and_the_rest_are_told_why() {
     assert_eq!(listed.status, 200);
     let listed: Vec<ProjectView> = serde_json::from_str(&listed.body).unwrap();
     assert_eq!(listed.len(), 5, "the read sees what the batches wrote");
+    // A body that is not the JSON asked for is the client's mistake, not a quota.
+    let garbled = request(addr, "POST", "/tenants/acme/projects", None, r#"{"nom":"x"}"#).await;
+    assert_eq!((garbled.status, garbled.body.contains("\"code\":\"bad_body\"")), (400, true), "{garbled:?}");
     // With room in the quota, a taken name is the refusal.
     let raised = request(addr, "PUT", "/tenants/acme", None, r#"{"projects_max":6}"#).await;
     assert_eq!(raised.status, 204, "{raised:?}");
