@@ -365,3 +365,85 @@ async fn a_two_phase_batch_is_a_prepare_and_a_decide_span_and_counts_once_when_d
     assert_eq!(metrics, expected, "the batch counts once, when decided");
     no_secret(&spans, &metrics);
 }
+
+/// A pool of one connection through a proxy of its own, already open, that gives up on a
+/// checkout after a second.
+async fn quick_pool_behind_proxy(h: &Harness) -> (pgbatch_testing::Proxy, pgbatch::Pool) {
+    let proxy = h.db.proxy().await.unwrap().start().await.unwrap();
+    let manager = ConnectionManager::new(h.db.config_via(&proxy));
+    let pool = bb8::Pool::builder()
+        .max_size(1)
+        .connection_timeout(std::time::Duration::from_secs(1))
+        .build(manager)
+        .await
+        .unwrap();
+    drop(pool.get().await.expect("a connection through the proxy"));
+    (proxy, pool)
+}
+
+/// The settlement's own step fails: no connection can be had to fence the key on. The
+/// outcome stays unknown, and the metrics say so: a settlement counted as unknown, the
+/// settlement's checkout timed out.
+#[tokio::test]
+async fn a_settlement_that_finds_no_connection_is_counted_as_unknown() {
+    let h = Harness::new().await;
+    idempotency::install(&h.pool, idempotency::DEFAULT_TABLE).await.unwrap();
+    let (proxy, pool) = quick_pool_behind_proxy(&h).await;
+    let watch = Watch::install();
+    proxy.refuse_connections(true);
+    proxy.arm(Fault::CutAfterClientSends { pattern: b"COMMIT\0".to_vec() });
+    let mut batch = Batch::new();
+    batch.idempotency_key(IdempotencyKey::new("telemetry-unsettled"));
+    batch.push(insert_note(1, SECRET));
+    let err = batch.run(&pool).await.unwrap_err();
+    assert!(matches!(err, Error::OutcomeUnknown(_)), "{err}");
+
+    let spans = watch.spans();
+    let run = only_span(&spans, "pgbatch.run");
+    assert_eq!((run["outcome"].as_str(), run["error.type"].as_str()), ("unknown", "outcome_unknown"));
+    let metrics = watch.metrics();
+    let expected = BTreeMap::from([
+        // The batch's checkout, then the settlement's, which timed out.
+        (metric("db.client.connection.wait_time", &[]), 2.0),
+        (metric("db.client.connection.timeouts", &[]), 1.0),
+        (metric("db.client.connection.count", &[("db.client.connection.state", "idle")]), 0.0),
+        (metric("db.client.connection.count", &[("db.client.connection.state", "used")]), 1.0),
+        (metric("pgbatch.settlements", &[("pgbatch.settled_as", "unknown")]), 1.0),
+        duration("unknown", Some("outcome_unknown")),
+        batches("unknown", "pooled"),
+    ]);
+    assert_eq!(metrics, expected);
+    no_secret(&spans, &metrics);
+}
+
+/// `COMMIT` never reached the server: the settlement fences the key, and the batch is
+/// replayed under the fence and commits. Each step is counted once.
+#[tokio::test]
+async fn a_fenced_key_and_its_replay_are_counted() {
+    let h = Harness::new().await;
+    idempotency::install(&h.pool, idempotency::DEFAULT_TABLE).await.unwrap();
+    let (proxy, pool) = quick_pool_behind_proxy(&h).await;
+    let watch = Watch::install();
+    proxy.arm(Fault::CutBeforeClientSends { pattern: b"COMMIT\0".to_vec() });
+    let mut batch = Batch::new();
+    batch.idempotency_key(IdempotencyKey::new("telemetry-fenced"));
+    batch.push(insert_note(1, SECRET));
+    let committed = batch.run(&pool).await.expect("replayed under the fence, and committed");
+    assert_eq!(committed.attempts(), 2);
+
+    let spans = watch.spans();
+    let run = only_span(&spans, "pgbatch.run");
+    assert_eq!((run["outcome"].as_str(), run["settled"].as_str(), run["attempt"].as_str()), ("committed", "true", "2"));
+    let metrics = watch.metrics();
+    for (name, count) in [
+        (metric("pgbatch.settlements", &[("pgbatch.settled_as", "not_committed")]), 1.0),
+        (metric("pgbatch.keys_fenced", &[]), 1.0),
+        (metric("pgbatch.replays", &[("pgbatch.replay", "after_settlement")]), 1.0),
+        batches("committed", "pooled"),
+        duration("committed", None),
+    ] {
+        assert_eq!(metrics.get(&name), Some(&count), "{name}: {metrics:#?}");
+    }
+    assert_eq!(metrics.keys().filter(|name| name.starts_with("pgbatch.")).count(), 4, "{metrics:#?}");
+    no_secret(&spans, &metrics);
+}

@@ -14,6 +14,7 @@
 
 use diesel::{ExpressionMethods, QueryDsl};
 use diesel_async::RunQueryDsl;
+use pgbatch::idempotency::Resolution;
 use pgbatch::{Acquire, Batch, Cause, Error, IdempotencyKey};
 use uuid::Uuid;
 
@@ -98,7 +99,9 @@ pub struct Created {
 /// The project's id is derived from the tenant and the key, and the batch carries the key
 /// as its idempotency key: an unknown outcome is settled by the pool (the project returned
 /// when the batch had committed), and a retry of a committed request is refused by the
-/// key's marker and answered from the database.
+/// key's marker and answered from the database. A key a resolution fenced (an earlier
+/// request with it did not commit) is resolved again and the batch run with the key the
+/// resolution returns.
 ///
 /// # Errors
 ///
@@ -113,21 +116,37 @@ pub async fn create_project_once(
 ) -> Result<Created, CreateProjectError> {
     let id = Uuid::new_v5(&Uuid::NAMESPACE_OID, format!("{tenant}\0{request_key}").as_bytes());
     let key = IdempotencyKey::new(format!("create-project/{tenant}/{request_key}"));
-    match run_create(pool, tenant, name, id, Some(key)).await {
-        Ok(id) => Ok(Created { id, name: name.to_owned(), replayed: false }),
-        Err(CreateProjectError::Database(Error::AlreadyCommitted(_))) => {
-            let mut connection =
-                pool.acquire().await.map_err(|error| CreateProjectError::Database(Error::Pool(error)))?;
-            let name = project::table
-                .find(id)
-                .select(project::name)
-                .first::<String>(&mut *connection)
-                .await
-                .map_err(CreateProjectError::Read)?;
-            Ok(Created { id, name, replayed: true })
+    let created = match run_create(pool, tenant, name, id, Some(key.clone())).await {
+        // A resolution (this service's own settlement when it could not replay, or an
+        // operator's) found an earlier request with this key not committed and fenced the key:
+        // only the key it hands back may still commit, once.
+        Err(CreateProjectError::Database(fenced @ Error::KeyFenced { .. })) => {
+            match pgbatch::idempotency::resolve(pool, &key).await.map_err(CreateProjectError::Database)? {
+                Resolution::NotCommitted { replay } => run_create(pool, tenant, name, id, Some(replay)).await,
+                Resolution::Committed { .. } => return created_earlier(pool, id).await,
+                // A resolution this service does not know yet: the fence stands.
+                _ => Err(CreateProjectError::Database(fenced)),
+            }
         }
+        other => other,
+    };
+    match created {
+        Ok(id) => Ok(Created { id, name: name.to_owned(), replayed: false }),
+        Err(CreateProjectError::Database(Error::AlreadyCommitted(_))) => created_earlier(pool, id).await,
         Err(error) => Err(error),
     }
+}
+
+/// The project `id` an earlier request with the same key created.
+async fn created_earlier(pool: &pgbatch::Pool, id: Uuid) -> Result<Created, CreateProjectError> {
+    let mut connection = pool.acquire().await.map_err(|error| CreateProjectError::Database(Error::Pool(error)))?;
+    let name = project::table
+        .find(id)
+        .select(project::name)
+        .first::<String>(&mut *connection)
+        .await
+        .map_err(CreateProjectError::Read)?;
+    Ok(Created { id, name, replayed: true })
 }
 
 /// The batch that counts project `id` in `tenant`'s quota and inserts it.

@@ -186,3 +186,23 @@ async fn without_a_key_a_retry_after_an_unknown_outcome_meets_the_lost_runs_proj
     assert_eq!(retried.status, 409, "{retried:?}");
     assert_eq!(projects(&db).await, (1, 1));
 }
+
+/// A key that a resolution fenced before the request came (an operator's, or this
+/// service's own settlement that could not replay): the plain key can never commit, so the
+/// service resolves it again and runs the batch with the key the resolution returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_key_a_resolution_fenced_still_creates_its_project_once() {
+    let db = service_database(10).await;
+    let pool = db.pool(2).await.unwrap();
+    let fenced = pgbatch::IdempotencyKey::new("create-project/acme/request-3");
+    let resolution = pgbatch::idempotency::resolve(&pool, &fenced).await.unwrap();
+    assert!(matches!(resolution, pgbatch::idempotency::Resolution::NotCommitted { .. }), "{resolution:?}");
+    let addr = serve(pool).await;
+    let first = create(addr, "web", Some("request-3")).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    assert!(!first.project().replayed);
+    let retried = create(addr, "web", Some("request-3")).await;
+    assert_eq!((retried.status, retried.project().id), (201, first.project().id), "{retried:?}");
+    assert!(retried.project().replayed);
+    assert_eq!(projects(&db).await, (1, 1));
+}

@@ -23,9 +23,9 @@ use super::AsyncRow;
 use super::error::{from_ending, from_not_sent};
 use crate::codec::{Boundary, Statement, StepOutput, boundary};
 use crate::connection::{Attachment, Connection, TxStatus};
-use crate::error::{BuildError, ConnectError, SqlState};
+use crate::error::{BuildError, ConnectError, statement_class};
 use crate::protocol::{Answers, Ending, NotSent};
-use crate::run::record::{client_span, failed, record_peer};
+use crate::run::record::{client_span, record_failure, record_peer};
 use crate::telemetry;
 
 /// The rows of a loaded query: all of them arrived with its answers.
@@ -207,19 +207,14 @@ fn record_query(span: &tracing::Span, started: Instant, answered: &Result<Answer
         Ok(Answers { ending: Ending::Done, .. }) => (None, None),
         Ok(Answers { ending: Ending::Failed { error, .. }, .. }) => {
             let code = error.code();
-            let class = match *code {
-                SqlState::T_R_SERIALIZATION_FAILURE => "serialization_failure",
-                SqlState::T_R_DEADLOCK_DETECTED => "deadlock",
-                _ => "statement",
-            };
-            (Some(class), Some(code.code()))
+            (Some(statement_class(code, "statement")), Some(code.code()))
         }
         Ok(Answers { ending: Ending::Lost { .. }, .. }) => (Some("connection"), None),
         Err(NotSent::Prelude { .. }) => (Some("session_reset"), None),
         Err(NotSent::Encode { .. } | NotSent::UnknownType(_)) => (Some("invalid"), None),
         Err(_) => (Some("connection_closed"), None),
     };
-    let class = failed(span, class, code);
+    let class = record_failure(span, class, code);
     telemetry::operation_finished(None, None, class, None, started.elapsed());
 }
 

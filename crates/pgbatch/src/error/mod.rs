@@ -22,6 +22,8 @@ pub use result::ResultError;
 pub use server::{ServerError, Severity, SqlState};
 pub use statement::{BeginFailure, CommitFailure, ResetFailure, StatementFailure, StatementOutcome, StatementRef};
 pub(crate) use summary::LogSummary;
+#[cfg(feature = "diesel-async")]
+pub(crate) use summary::statement_class;
 pub use unknown::{AlreadyCommitted, OutcomeUnknown, UnknownReason};
 
 /// The error of running a batch.

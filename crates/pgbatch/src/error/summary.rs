@@ -7,6 +7,7 @@ use std::fmt;
 use super::build::BuildError;
 use super::cause::{Cause, CauseSummary};
 use super::connect::WireError;
+use super::server::SqlState;
 use super::statement::StatementRef;
 use super::unknown::UnknownReason;
 use super::{Error, StatementFailure};
@@ -71,10 +72,8 @@ impl<E> Error<E> {
     /// can group by, or none when nothing failed (the key had already committed).
     pub(crate) fn telemetry_class(&self) -> Option<&'static str> {
         let of_cause = |cause: &Cause, otherwise| match cause {
-            Cause::SerializationFailure(_) => "serialization_failure",
-            Cause::Deadlock(_) => "deadlock",
             Cause::GuardFailed(_) => "guard",
-            _ => otherwise,
+            _ => cause.code().map_or(otherwise, |code| statement_class(code, otherwise)),
         };
         Some(match self {
             Error::Invalid { .. } => "invalid",
@@ -106,6 +105,17 @@ impl<E> Error<E> {
             Error::Connection(WireError::Session(error)) => Some(error.code().code()),
             _ => self.cause().and_then(Cause::code).map(|code| code.code()),
         }
+    }
+}
+
+/// The class a failure the server reported shows to telemetry (`error.type`), by its
+/// SQLSTATE: the ones a retry policy replays by name, any other as `otherwise`. Batches
+/// (through [`Error::telemetry_class`]) and diesel-async queries both classify here.
+pub(crate) fn statement_class(code: &SqlState, otherwise: &'static str) -> &'static str {
+    match *code {
+        SqlState::T_R_SERIALIZATION_FAILURE => "serialization_failure",
+        SqlState::T_R_DEADLOCK_DETECTED => "deadlock",
+        _ => otherwise,
     }
 }
 

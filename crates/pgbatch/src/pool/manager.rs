@@ -216,7 +216,10 @@ impl<'p> Acquire for &'p Pool {
         telemetry::checkout(started.elapsed(), matches!(lease, Err(PoolError::TimedOut { .. })));
         if lease.is_ok() {
             let state = self.state();
-            telemetry::pool_connections(state.idle_connections, state.connections - state.idle_connections);
+            telemetry::pool_connections(
+                state.idle_connections,
+                state.connections.saturating_sub(state.idle_connections),
+            );
         }
         lease
     }

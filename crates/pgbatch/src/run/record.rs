@@ -109,7 +109,7 @@ pub(crate) fn record<T, E>(span: &tracing::Span, result: &Result<T, Error<E>>, s
         Ok(_) => (success, None),
         Err(error) => {
             span.record("error", tracing::field::display(error.log_summary()));
-            (Outcome::of(error), failed(span, error.telemetry_class(), error.status_code()))
+            (Outcome::of(error), record_failure(span, error.telemetry_class(), error.status_code()))
         }
     };
     span.record("outcome", outcome.word());
@@ -119,7 +119,11 @@ pub(crate) fn record<T, E>(span: &tracing::Span, result: &Result<T, Error<E>>, s
 
 /// Records on `span` that its operation failed, with its class and SQLSTATE; returns the
 /// class.
-pub(crate) fn failed(span: &tracing::Span, class: Option<&'static str>, code: Option<&str>) -> Option<&'static str> {
+pub(crate) fn record_failure(
+    span: &tracing::Span,
+    class: Option<&'static str>,
+    code: Option<&str>,
+) -> Option<&'static str> {
     if let Some(class) = class {
         span.record("error.type", class);
         span.record("otel.status_code", "ERROR");
