@@ -23,5 +23,6 @@ mod not_sent;
 mod restart;
 mod retry;
 mod session;
+mod statement_cache;
 mod telemetry;
 mod two_phase;

@@ -109,7 +109,7 @@ fn view_batch() -> (Batch, impl FnOnce(&pgbatch::Committed) -> SessionView) {
         batch.push(count("(SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema())")).one::<i64>();
     let temp_functions =
         batch.push(count("(SELECT count(*) FROM pg_proc WHERE pronamespace = pg_my_temp_schema())")).one::<i64>();
-    let prepared = batch.push(count("(SELECT count(*) FROM pg_prepared_statements)")).one::<i64>();
+    let prepared = batch.push(count("(SELECT count(*) FROM pg_prepared_statements WHERE from_sql)")).one::<i64>();
     let cursors = batch.push(count("(SELECT count(*) FROM pg_cursors)")).one::<i64>();
     let listening = batch.push(count("(SELECT count(*) FROM pg_listening_channels())")).one::<i64>();
     let advisory_locks = batch

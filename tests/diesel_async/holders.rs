@@ -108,7 +108,7 @@ async fn cancel_the_reset(s: &Setup, within: Duration) -> bool {
         let cancelled = pgbatch_testing::count(
             &s.outside,
             "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state = 'active' AND query = 'DISCARD ALL' \
+             WHERE datname = current_database() AND state = 'active' AND query IN ('DISCARD ALL', 'DISCARD TEMP') \
              AND pid <> pg_backend_pid()",
         )
         .await;

@@ -1,8 +1,7 @@
 //! Scenarios of diesel-async's own integration tests (basic queries and nested
 //! transactions, cancellation, custom types, instrumentation, serialization failures,
 //! pooling), run against pgbatch's connection. Written anew for this connection; where it
-//! differs from `AsyncPgConnection` by design (no statement cache, so no `CacheQuery`
-//! event), the test says so.
+//! differs from `AsyncPgConnection` by design, the test says so.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -226,6 +225,7 @@ async fn custom_types_round_trip_in_binds_results_and_arrays() {
 #[derive(Debug, PartialEq)]
 enum Heard {
     Start(String),
+    Cache(String),
     Finish { query: String, failed: bool },
     Begin(NonZeroU32),
     Commit(NonZeroU32),
@@ -238,6 +238,7 @@ fn listen(conn: &mut Connection) -> Arc<Mutex<Vec<Heard>>> {
     conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
         let heard = match event {
             InstrumentationEvent::StartQuery { query, .. } => Heard::Start(query.to_string()),
+            InstrumentationEvent::CacheQuery { sql, .. } => Heard::Cache(sql.to_owned()),
             InstrumentationEvent::FinishQuery { query, error, .. } => {
                 Heard::Finish { query: query.to_string(), failed: error.is_some() }
             }
@@ -255,24 +256,34 @@ fn depth(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap()
 }
 
-/// Every query is heard starting and finishing, failures as failures; no `CacheQuery`
-/// event, since pgbatch keeps no statement cache.
+/// Every query is heard starting and finishing, failures as failures; a query Diesel says
+/// is worth caching is heard being cached (`CacheQuery`) the first time it runs on the
+/// connection, between its start and finish, as on `AsyncPgConnection`; a `sql_query` never.
+/// Behind a transaction-mode pooler the statement cache is off: no `CacheQuery`.
 #[tokio::test]
 async fn instrumentation_hears_every_query_and_transaction() {
     let s = Setup::new().await;
     let mut conn = test_connection(&s).await;
+    let caches = conn.has_own_backend();
     let heard = listen(&mut conn);
     conn.batch_execute("select 1").await.unwrap();
     conn.execute_returning_count(diesel::sql_query("select 2")).await.unwrap();
     let _ = AsyncConnectionCore::load(&mut conn, users::table.select(users::id)).await.unwrap();
+    let _ = AsyncConnectionCore::load(&mut conn, users::table.select(users::id)).await.unwrap();
     let _ = conn.execute_returning_count(diesel::sql_query("invalid")).await;
-    let events = std::mem::take(&mut *heard.lock().unwrap());
-    assert_eq!(events.len(), 8, "{events:?}");
+    let mut events = std::mem::take(&mut *heard.lock().unwrap());
+    if caches {
+        assert!(matches!(&events[5], Heard::Cache(sql) if sql.contains("users")), "{events:?}");
+        events.remove(5);
+    }
+    assert_eq!(events.len(), 10, "the repeated query is not cached again: {events:?}");
+    assert!(!events.iter().any(|event| matches!(event, Heard::Cache(_))), "{events:?}");
     assert_eq!(events[0], Heard::Start("select 1".into()));
     assert_eq!(events[1], Heard::Finish { query: "select 1".into(), failed: false });
     assert_eq!(events[3], Heard::Finish { query: "select 2".into(), failed: false });
     assert!(matches!(&events[4], Heard::Start(sql) if sql.contains("users")), "{events:?}");
-    assert_eq!(events[7], Heard::Finish { query: "invalid".into(), failed: true });
+    assert!(matches!(&events[6], Heard::Start(sql) if sql.contains("users")), "{events:?}");
+    assert_eq!(events[9], Heard::Finish { query: "invalid".into(), failed: true });
 
     // The test transaction is depth 1; `invalid` aborted it, so roll back to a clean one.
     let mut conn = test_connection(&s).await;

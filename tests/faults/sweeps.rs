@@ -31,10 +31,17 @@ fn tag(name: &str, case: u64) -> String {
 /// A pool of one connection through a fresh proxy, named `name`.
 async fn proxied(faults: &Faults, name: &str) -> (Proxy, Pool) {
     let proxy = faults.db.proxy().await.expect("a TCP server").start().await.expect("a proxy");
-    let mut config = faults.db.config_via(&proxy);
-    config.application_name(name);
-    let pool = bb8::Pool::builder().max_size(1).build(pgbatch::ConnectionManager::new(config)).await.unwrap();
+    let pool = pool_via(faults, &proxy, name).await;
     (proxy, pool)
+}
+
+/// A new pool of one connection through `proxy`, named `name`: its connection knows no
+/// statement yet, whatever an earlier pool's connection (a replay that survived its case)
+/// had cached, so that every case sends the bytes that were measured.
+async fn pool_via(faults: &Faults, proxy: &Proxy, name: &str) -> Pool {
+    let mut config = faults.db.config_via(proxy);
+    config.application_name(name);
+    bb8::Pool::builder().max_size(1).build(pgbatch::ConnectionManager::new(config)).await.unwrap()
 }
 
 /// Opens the pool's connection before a fault is armed, so that the fault lands on the
@@ -43,30 +50,55 @@ async fn warm(pool: &Pool) {
     drop(pool.get().await.expect("a connection through the proxy"));
 }
 
+/// Whether a cut batch's statements are new to its connection (parsed under the statement
+/// cache's names in the same write) or cached there (bound by name, after the session reset
+/// that keeps them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Statements {
+    New,
+    Cached,
+}
+
+/// [`warm`], and with [`Statements::Cached`] a run of the representative batch (tagged
+/// `warm_tag`, committed), so that the batch cut next finds its statements cached.
+async fn warm_with(pool: &Pool, statements: Statements, warm_tag: &str) {
+    warm(pool).await;
+    if statements == Statements::Cached {
+        keyed(warm_tag, None).0.run(pool).await.expect("the warming batch commits");
+    }
+}
+
 /// How many bytes one run of the representative batch sends and receives.
-async fn measure(faults: &Faults, name: &str) -> (u64, u64) {
+async fn measure(faults: &Faults, name: &str, statements: Statements) -> (u64, u64) {
     let (proxy, pool) = proxied(faults, name).await;
-    warm(&pool).await;
+    warm_with(&pool, statements, &tag(name, 999_998)).await;
     let (client, server) = (proxy.client_bytes(), proxy.server_bytes());
     keyed(&tag(name, 999_999), None).0.run(&pool).await.expect("the batch commits");
     (proxy.client_bytes() - client, proxy.server_bytes() - server)
 }
 
 /// Cuts the connection after exactly k bytes of the request (`client`) or of the answers,
-/// for every k that is a multiple of `stride` (1 at full size: every byte), and the last.
-async fn byte_cuts(faults: &Faults, client: bool, stride: u64) -> Sweep {
-    let name = if client { "sweep-cut-request" } else { "sweep-cut-answers" };
-    let (request, answers) = measure(faults, name).await;
+/// for every k that is a multiple of `stride` (1 at full size: every byte), and the last;
+/// with the batch's statements new to the connection or cached on it.
+async fn byte_cuts(faults: &Faults, client: bool, stride: u64, statements: Statements) -> Sweep {
+    let name = match (client, statements) {
+        (true, Statements::New) => "sweep-cut-request",
+        (false, Statements::New) => "sweep-cut-answers",
+        (true, Statements::Cached) => "sweep-cut-request-cached",
+        (false, Statements::Cached) => "sweep-cut-answers-cached",
+    };
+    let (request, answers) = measure(faults, name, statements).await;
     let total = if client { request } else { answers };
     let mut sweep = Sweep::default();
-    let (proxy, pool) = proxied(faults, name).await;
+    let (proxy, mut pool) = proxied(faults, name).await;
     for k in (0..=total).filter(|k| k % stride == 0 || *k == total) {
-        warm(&pool).await;
+        pool = pool_via(faults, &proxy, name).await;
+        warm_with(&pool, statements, &tag(name, 500_000 + k)).await;
         proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
         let tag = tag(name, k);
         let fired = proxy.cuts();
         let result = keyed(&tag, None).0.run(&pool).await;
-        assert_eq!(proxy.cuts(), fired + 1, "the cut after {k} of {total} bytes fired");
+        assert_eq!(proxy.cuts(), fired + 1, "{name}: the cut after {k} of {total} bytes fired");
         sweep.judge(faults, name, &tag, &Verdict::of(&result)).await;
     }
     pool_runs(&pool, name).await;
@@ -109,10 +141,22 @@ async fn multiplexed_cuts(faults: &Faults, client: bool, points: usize) -> Sweep
             verdicts
         }
     };
-    // A connection opened before a fault is armed, so that the fault lands on the batches.
-    let warm = || async { Batch::new().run_multiplexed(&multiplexed).await.expect("the shared connection works") };
+    // A connection opened before a fault is armed, so that the fault lands on the batches,
+    // with the batches' statements and the reset's steps in its cache (two batches, the
+    // second reset): each stream is then the same bytes, every step bound by name,
+    // whichever caller's unit would otherwise have parsed them, and whatever connection
+    // (a fresh one, or one a replay left) the client has.
+    let warm = |case: u64| {
+        let client = multiplexed.clone();
+        async move {
+            for round in 0..2 {
+                let tag = tag(name, 900_000 + case * 2 + round);
+                keyed(&tag, None).0.run_multiplexed(&client).await.expect("the shared connection works");
+            }
+        }
+    };
 
-    warm().await;
+    warm(99_999).await;
     let (requests, answers) = (proxy.client_bytes(), proxy.server_bytes());
     for (tag, verdict) in callers(99_999).await {
         assert!(matches!(verdict, Verdict::Committed), "{tag}: {verdict:?}");
@@ -120,16 +164,16 @@ async fn multiplexed_cuts(faults: &Faults, client: bool, points: usize) -> Sweep
     let total = if client { proxy.client_bytes() - requests } else { proxy.server_bytes() - answers };
     let mut sweep = Sweep::default();
     for k in (0..=total).step_by((total as usize / points).max(1)) {
-        warm().await;
+        warm(k).await;
         proxy.arm(if client { Fault::CutAfterClientBytes(k) } else { Fault::CutAfterServerBytes(k) });
         let fired = proxy.cuts();
         let verdicts = callers(k).await;
-        assert_eq!(proxy.cuts(), fired + 1, "the cut after {k} of {total} bytes fired");
+        assert_eq!(proxy.cuts(), fired + 1, "{name}: the cut after {k} of {total} bytes fired");
         for (tag, verdict) in verdicts {
             sweep.judge(faults, name, &tag, &verdict).await;
         }
     }
-    warm().await;
+    warm(99_998).await;
     sweep
 }
 
@@ -238,7 +282,7 @@ async fn kills(faults: &Faults) -> Sweep {
 /// batch: the pool must not lend the stalled connection out again.
 async fn stalls(faults: &Faults) -> Sweep {
     let name = "sweep-stall";
-    let (request, _) = measure(faults, name).await;
+    let (request, _) = measure(faults, name, Statements::New).await;
     let mut sweep = Sweep::default();
     for k in (0..=request).step_by((request as usize / 12).max(1)) {
         let (proxy, pool) = proxied(faults, name).await;
@@ -276,8 +320,10 @@ async fn fault_sweeps() {
          side, crashes every {crash_step_ms} ms"
     );
     let mut sweep = Sweep::default();
-    sweep.add(byte_cuts(&faults, true, stride).await);
-    sweep.add(byte_cuts(&faults, false, stride).await);
+    for statements in [Statements::New, Statements::Cached] {
+        sweep.add(byte_cuts(&faults, true, stride, statements).await);
+        sweep.add(byte_cuts(&faults, false, stride, statements).await);
+    }
     sweep.add(multiplexed_cuts(&faults, true, points).await);
     sweep.add(multiplexed_cuts(&faults, false, points).await);
     sweep.add(drops(&faults).await);

@@ -75,12 +75,16 @@ macro_rules! run_query {
     };
 }
 
-/// Median latencies of `query` on each contender, interleaved.
+/// Median latencies of `query` on each contender, interleaved, the order rotating.
 async fn medians(connections: &mut Connections, query: Query, samples: usize) -> Result<[Duration; 3], BoxError> {
     let mut latencies = [Vec::new(), Vec::new(), Vec::new()];
     let warmup = 5;
     for n in 0..(warmup + samples) as i64 {
-        for (contender, latencies) in latencies.iter_mut().enumerate() {
+        // Each sample starts with another contender, so that none always runs right after
+        // the same neighbour (an insert's commit waits on the WAL flush the one before began).
+        for offset in 0..3 {
+            let contender = (n as usize + offset) % 3;
+            let latencies = &mut latencies[contender];
             let started = Instant::now();
             match contender {
                 0 => run_query!(query, &mut connections.warm, n)?,
@@ -124,10 +128,11 @@ pub async fn measure(setup: &Setup, samples_at_zero: usize, samples_at_ten: usiz
         "## One diesel-async query on pgbatch's connection\n\n\
          A single diesel-async query, run through the diesel-async traits on pgbatch's `Connection` and on \
          diesel-async's `AsyncPgConnection`, interleaved sample by sample on one connection each, median \
-         latency (`cargo run --release -p pgbatch-bench --bin compare`). pgbatch sends every query unnamed \
-         (Parse, Bind, Execute, Sync in one write) and resets the session after it in the same write; \
-         `AsyncPgConnection` prepares a statement once and reuses it (cache warm), or prepares it before \
-         every run (cache disabled: two round trips).\n\n",
+         latency (`cargo run --release -p pgbatch-bench --bin compare`, or this part alone: `--bin \
+         single_query`). pgbatch keeps the statement in its connection's statement cache: prepared under a \
+         name of its own with the first run, in the same write (Parse, Bind, Execute, Sync), then bound by \
+         that name (Bind, Execute, Sync); `AsyncPgConnection` prepares a statement once and reuses it \
+         (cache warm), or prepares it before every run (cache disabled: two round trips).\n\n",
     );
     markdown.push_str(&format!(
         "| query | added RTT | {} | pgbatch / warm |\n|---|---|---|---|---|---|\n",

@@ -97,8 +97,9 @@
 //!
 //! # Pipelining
 //!
-//! A batch is one unit of the extended query protocol: `BEGIN`, each statement (an
-//! unnamed statement with the type OIDs Diesel encoded its binds for, binary results) and
+//! A batch is one unit of the extended query protocol: `BEGIN`, each statement (bound by
+//! the name the [statement cache](#statement-cache) gave it, or parsed with the type OIDs
+//! Diesel encoded its binds for; binary results) and
 //! `COMMIT`, then one `Sync`, then a `ROLLBACK` of its own, all in one write; when the
 //! connection has changed hands, the session reset comes first, in the same `Sync` segment.
 //! The server answers in order, and the answers are read while the pipeline is still being
@@ -119,6 +120,8 @@
 //! error names its step, and only `COMMIT`'s own answer means committed.
 //! `docs/protocol.md` in the repository draws the exchange and lists what each fault
 //! leaves.
+//!
+#![doc = include_str!("../docs/statement-cache.md")]
 //!
 //! # Multiplexing
 //!
@@ -356,7 +359,7 @@ pub mod guard {
 
 pub use codec::MAX_BINDS;
 // What callers match on most; every error type is in `error`.
-pub use connect::{CancelToken, Config, SessionReset, SslMode, TargetSessionAttrs};
+pub use connect::{CancelToken, Config, SessionReset, SslMode, StatementCache, TargetSessionAttrs};
 pub use connection::Connection;
 pub use error::{Cause, ConnectError, Error};
 pub use idempotency::IdempotencyKey;

@@ -10,6 +10,11 @@
 //!
 //! Prints the table and rewrites the `multiplexing` section of `docs/benchmarks.md`.
 //! `--quick` runs each cell for 2 s (about two minutes in all); without it, 5 s.
+//!
+//! `--statement-cache` measures instead, at 0 ms only, each client with its connections'
+//! statement cache off (every statement parsed and planned each time, as before the cache)
+//! and on, the two interleaved cell by cell, `--rounds N` times (default 2); prints the
+//! table and writes nothing.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -93,11 +98,29 @@ async fn measure(target: &Target, workload: Workload, silo: Uuid, duration: Dura
     })
 }
 
-async fn run(duration: Duration) -> Result<String, BoxError> {
+/// A database with the scenarios' schema and a silo with quotas no batch exhausts.
+async fn seeded() -> Result<(Setup, Uuid), BoxError> {
     let setup = Setup::new(&format!("{}{EXTRA_SCHEMA}", pgbatch_scenarios::SCHEMA_SQL)).await?;
     let mut admin = pgbatch::Connection::connect_with(setup.db.config()).await?;
     let silo =
         seed(&mut admin, "bench", Quotas { cpus: i64::MAX / 4, ram: i64::MAX / 4, storage: i64::MAX / 4 }).await?.silo;
+    Ok((setup, silo))
+}
+
+/// A bb8 pool and a multiplexed client of `connections` connections each, opened by
+/// `manager`.
+async fn clients(manager: ConnectionManager, connections: usize) -> Result<(Target, Target), BoxError> {
+    let pool = bb8::Pool::builder()
+        .max_size(connections as u32)
+        .min_idle(Some(connections as u32))
+        .build(manager.clone())
+        .await?;
+    let client = Multiplexed::builder(manager).connections(connections).build().await?;
+    Ok((Target::Pool(pool), Target::Multiplexed(client)))
+}
+
+async fn run(duration: Duration) -> Result<String, BoxError> {
+    let (setup, silo) = seeded().await?;
     let mut table = String::from(
         "| workload | RTT | connections | bb8 pool: batches/s | p50 | p99 | multiplexed: batches/s | p50 | p99 | throughput ratio |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
@@ -112,16 +135,10 @@ async fn run(duration: Duration) -> Result<String, BoxError> {
             None => setup.db.config().clone(),
         };
         for connections in CONNECTIONS {
-            let manager = ConnectionManager::new(config.clone());
-            let pool = bb8::Pool::builder()
-                .max_size(connections as u32)
-                .min_idle(Some(connections as u32))
-                .build(manager.clone())
-                .await?;
-            let client = Multiplexed::builder(manager).connections(connections).build().await?;
+            let (pool, client) = clients(ConnectionManager::new(config.clone()), connections).await?;
             for workload in WORKLOADS {
-                let pooled = measure(&Target::Pool(pool.clone()), workload, silo, duration).await?;
-                let multiplexed = measure(&Target::Multiplexed(client.clone()), workload, silo, duration).await?;
+                let pooled = measure(&pool, workload, silo, duration).await?;
+                let multiplexed = measure(&client, workload, silo, duration).await?;
                 let row = format!(
                     "| {} | {} ms | {connections} | {:.0} | {:.1} ms | {:.1} ms | {:.0} | {:.1} ms | {:.1} ms | {:.2} |\n",
                     workload.name(),
@@ -142,10 +159,61 @@ async fn run(duration: Duration) -> Result<String, BoxError> {
     Ok(table)
 }
 
+/// At 0 ms, each client and workload with the statement cache off and on, interleaved.
+async fn statement_cache(duration: Duration, rounds: usize) -> Result<String, BoxError> {
+    let (setup, silo) = seeded().await?;
+    let connections = CONNECTIONS[0];
+    let mut targets = Vec::new();
+    for cache in [pgbatch::StatementCache::Off, pgbatch::StatementCache::default()] {
+        let manager = ConnectionManager::new(setup.db.config().clone()).statement_cache(cache);
+        targets.push(clients(manager, connections).await?);
+    }
+    let mut table = String::from(
+        "| workload | client | round | cache off: batches/s | p50 | cache on: batches/s | p50 | on / off |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for round in 1..=rounds {
+        for workload in WORKLOADS {
+            for (client, pick) in [("bb8 pool", 0), ("multiplexed", 1)] {
+                let target = |index: usize| if pick == 0 { &targets[index].0 } else { &targets[index].1 };
+                let off = measure(target(0), workload, silo, duration).await?;
+                let on = measure(target(1), workload, silo, duration).await?;
+                let row = format!(
+                    "| {} | {client}, {connections} connections | {round} | {:.0} | {:.1} ms | {:.0} | {:.1} ms | {:.2} |\n",
+                    workload.name(),
+                    off.per_second,
+                    off.p50.as_secs_f64() * 1e3,
+                    on.per_second,
+                    on.p50.as_secs_f64() * 1e3,
+                    on.per_second / off.per_second,
+                );
+                eprint!("{row}");
+                table.push_str(&row);
+            }
+        }
+    }
+    Ok(table)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let quick = std::env::args().any(|a| a == "--quick");
     let duration = Duration::from_secs(if quick { 2 } else { 5 });
+    if std::env::args().any(|a| a == "--statement-cache") {
+        let args: Vec<String> = std::env::args().collect();
+        let rounds =
+            args.iter().position(|a| a == "--rounds").and_then(|at| args.get(at + 1)?.parse().ok()).unwrap_or(2);
+        return match statement_cache(duration, rounds).await {
+            Ok(table) => {
+                println!("{table}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("multiplexing: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let table = match run(duration).await {
         Ok(table) => table,
         Err(error) => {

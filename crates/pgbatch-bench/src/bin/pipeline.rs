@@ -2,9 +2,14 @@
 //! clock: 41 statements between `BEGIN` and `COMMIT`), with no added network delay.
 //!
 //! libpq's pipeline mode, driven by `pgbench` (`\startpipeline` ... `\endpipeline`, one
-//! `Sync` for the whole transaction), is the floor a client can reach on this shape. The
-//! two run in alternating rounds so that they share the machine's noise; each round's mean
-//! latency is taken, and the medians of the rounds are compared. pgbatch's client CPU per
+//! `Sync` for the whole transaction), is the floor a client can reach on this shape: with
+//! unnamed statements (`-M extended`, parsed and planned each time) and with prepared ones
+//! (`-M prepared`). pgbatch runs with its statement cache on (the default) on a held
+//! connection, and on a pool of one where every batch is a checkout of its own, so that
+//! each batch is a new holder whose unit starts with the session reset; and with the cache
+//! off on a held connection, as every statement was sent before the cache. All run in
+//! alternating rounds so that they share the machine's noise; each round's mean latency is
+//! taken, and the medians of the rounds are compared. pgbatch's client CPU per
 //! statement is read from the kernel's per-thread clock (the connection needs no driver
 //! task: the measuring thread does all of the client's work, building the batch included).
 //!
@@ -85,7 +90,7 @@ fn thread_user_system() -> (Duration, Duration) {
     (ticks(11), ticks(12))
 }
 
-fn pgbench_round(pgbench: &PathBuf, script: &PathBuf, setup: &Setup) -> Result<Round, BoxError> {
+fn pgbench_round(pgbench: &PathBuf, script: &PathBuf, setup: &Setup, mode: &str) -> Result<Round, BoxError> {
     let config = setup.db.config();
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
@@ -93,7 +98,7 @@ fn pgbench_round(pgbench: &PathBuf, script: &PathBuf, setup: &Setup) -> Result<R
     };
     let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
     let mut command = std::process::Command::new(pgbench);
-    command.args(["-n", "-M", "extended", "-t", &TRANSACTIONS_PER_ROUND.to_string(), "-h", &host, "-p", &port]);
+    command.args(["-n", "-M", mode, "-t", &TRANSACTIONS_PER_ROUND.to_string(), "-h", &host, "-p", &port]);
     command.args(["-U", config.get_user().unwrap_or("postgres"), "-f"]).arg(script).arg(setup.db.name());
     if let Some(password) = config.get_password() {
         command.env("PGPASSWORD", String::from_utf8_lossy(password).as_ref());
@@ -116,11 +121,15 @@ fn pgbench_round(pgbench: &PathBuf, script: &PathBuf, setup: &Setup) -> Result<R
     })
 }
 
-fn pgbatch_round(
-    connection: &mut pgbatch::Connection,
-    runtime: &tokio::runtime::Runtime,
-    round: usize,
-) -> Result<Round, BoxError> {
+/// Where pgbatch's batches run.
+enum Target<'a> {
+    /// A connection the measuring thread holds: no reset between its batches.
+    Held(&'a mut pgbatch::Connection),
+    /// A pool of one connection, each batch a checkout of its own: a new holder each time.
+    CheckedOut(&'a pgbatch::Pool),
+}
+
+fn pgbatch_round(target: &mut Target<'_>, runtime: &tokio::runtime::Runtime, round: usize) -> Result<Round, BoxError> {
     let transactions: Vec<_> = (0..TRANSACTIONS_PER_ROUND)
         .map(|i| Workload::Sync.statements(Uuid::nil(), (round * TRANSACTIONS_PER_ROUND + i) as i64))
         .collect();
@@ -133,7 +142,10 @@ fn pgbatch_round(
             for statement in statements {
                 statement.push_to(&mut batch);
             }
-            batch.run(&mut *connection).await?;
+            match target {
+                Target::Held(connection) => batch.run(&mut **connection).await?,
+                Target::CheckedOut(pool) => batch.run(*pool).await?,
+            };
         }
         Ok::<_, pgbatch::Error>(())
     })?;
@@ -159,36 +171,60 @@ fn run() -> Result<(), BoxError> {
     let setup = runtime.block_on(Setup::new(&format!("{}{EXTRA_SCHEMA}", pgbatch_scenarios::SCHEMA_SQL)))?;
     let script = std::env::temp_dir().join(format!("pgbatch-s1-pipeline-{}.sql", std::process::id()));
     std::fs::write(&script, pgbench_script())?;
-    let mut connection = runtime.block_on(pgbatch::Connection::connect_with(setup.db.config()))?;
+    let mut cached = runtime.block_on(pgbatch::Connection::connect_with(setup.db.config()))?;
+    let mut uncached = runtime.block_on(pgbatch::Connection::connect_with(setup.db.config()))?;
+    uncached.set_statement_cache(pgbatch::StatementCache::Off);
+    let pool = runtime
+        .block_on(bb8::Pool::builder().max_size(1).build(pgbatch::ConnectionManager::new(setup.db.config().clone())))?;
 
-    // Warm both up.
-    pgbench_round(&pgbench, &script, &setup)?;
-    pgbatch_round(&mut connection, &runtime, 0)?;
-    let (mut libpq, mut ours) = (Vec::new(), Vec::new());
-    for round in 1..=ROUNDS {
-        libpq.push(pgbench_round(&pgbench, &script, &setup)?);
-        ours.push(pgbatch_round(&mut connection, &runtime, round)?);
-        eprintln!("round {round} of {ROUNDS}");
+    let names = [
+        "libpq pipeline, unnamed statements (pgbench -M extended)",
+        "libpq pipeline, prepared statements (pgbench -M prepared)",
+        "pgbatch, statement cache off, held connection",
+        "pgbatch, statement cache, held connection",
+        "pgbatch, statement cache, a checkout per batch (session reset each batch)",
+    ];
+    let mut rounds: Vec<Vec<Round>> = names.iter().map(|_| Vec::new()).collect();
+    for round in 0..=ROUNDS {
+        let measured = [
+            pgbench_round(&pgbench, &script, &setup, "extended")?,
+            pgbench_round(&pgbench, &script, &setup, "prepared")?,
+            pgbatch_round(&mut Target::Held(&mut uncached), &runtime, round)?,
+            pgbatch_round(&mut Target::Held(&mut cached), &runtime, round)?,
+            pgbatch_round(&mut Target::CheckedOut(&pool), &runtime, round)?,
+        ];
+        // Round 0 warms every contender up.
+        if round > 0 {
+            for (kept, measured) in rounds.iter_mut().zip(measured) {
+                kept.push(measured);
+            }
+            eprintln!("round {round} of {ROUNDS}");
+        }
     }
     let _ = std::fs::remove_file(&script);
-    let libpq_mean = median(libpq.iter().map(|r| r.mean).collect());
-    let ours_mean = median(ours.iter().map(|r| r.mean).collect());
+    let means: Vec<Duration> = rounds.iter().map(|rounds| median(rounds.iter().map(|r| r.mean).collect())).collect();
     let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
     let us = |d: Duration| format!("{:.2} µs", d.as_secs_f64() * 1e6);
     println!(
         "# S1, 41 statements per transaction, no added delay; median of {ROUNDS} rounds of {TRANSACTIONS_PER_ROUND}"
     );
-    println!("libpq pipeline mode (pgbench): {} per transaction", ms(libpq_mean));
-    println!("pgbatch:                       {} per transaction", ms(ours_mean));
-    println!("pgbatch / libpq pipeline = {:.3}", ours_mean.as_secs_f64() / libpq_mean.as_secs_f64());
-    let total = median(ours.iter().map(|r| r.cpu_per_statement).collect());
-    let kernel = median(ours.iter().map(|r| r.kernel_per_statement).collect());
+    let prepared = means[1].as_secs_f64();
+    for (name, mean) in names.iter().zip(&means) {
+        println!(
+            "{name:<74} {:>10} per transaction, {:.3}x the prepared pipeline",
+            ms(*mean),
+            mean.as_secs_f64() / prepared
+        );
+    }
+    println!("statements cached on pgbatch's held connection: {}", cached.cached_statements());
+    let cpu = |index: usize| median(rounds[index].iter().map(|r| r.cpu_per_statement).collect());
+    let kernel = median(rounds[3].iter().map(|r| r.kernel_per_statement).collect());
     println!(
-        "client CPU per statement: pgbatch {} (build, encode, send, read, decode; {} of it in the kernel), \
-         pgbench {} (process clock ticks)",
-        us(total),
-        us(kernel.min(total)),
-        us(median(libpq.iter().map(|r| r.cpu_per_statement).collect())),
+        "client CPU per statement: pgbatch with its cache {} (build, encode, send, read, decode; {} of it in \
+         the kernel), pgbench -M prepared {} (process clock ticks)",
+        us(cpu(3)),
+        us(kernel.min(cpu(3))),
+        us(cpu(1)),
     );
     Ok(())
 }

@@ -240,6 +240,14 @@ impl Connection {
         self.caller().instrumentation.on_connection_event(InstrumentationEvent::start_query(&shown));
         let (span, started) = self.query_span();
         let answered = self.request(&statement).instrument(span.clone()).await;
+        let answered = answered.map(|(answers, prepared)| {
+            if prepared {
+                // As `AsyncPgConnection` says when it prepares a statement into its cache.
+                let sql = &statement.sql.text;
+                self.caller().instrumentation.on_connection_event(InstrumentationEvent::cache_query(sql));
+            }
+            answers
+        });
         record_query(&span, started, &answered);
         let result = match answered {
             Ok(Answers { mut outputs, ending: Ending::Done, .. }) => Ok(outputs.pop().unwrap_or_default()),

@@ -33,22 +33,29 @@ pub(crate) struct CheckedSql {
     /// transaction (it calls `set_config`, a session advisory lock, ...): the connection
     /// is then reset after the batch.
     pub(crate) touches_session: bool,
+    /// Whether the statement cache may keep it: every statement of a batch (the cache is
+    /// keyed by the SQL text and bounded, so SQL that varies costs only its own entries); a
+    /// diesel-async query only when Diesel says it is worth keeping
+    /// (`is_safe_to_cache_prepared`: not a `sql_query`, an `UPDATE` or an `IN` list whose
+    /// length varies), so that what is kept, and its `CacheQuery` events, match
+    /// `AsyncPgConnection`'s.
+    pub(crate) cacheable: bool,
 }
 
 impl CheckedSql {
     /// Checks SQL text: no NUL byte, nothing that moves the transaction's boundaries or
     /// changes the session (see [`refusal`]).
-    pub(crate) fn new(sql: &str) -> Result<Self, BuildError> {
+    pub(crate) fn new(sql: &str, cacheable: bool) -> Result<Self, BuildError> {
         if sql.contains('\0') {
             return Err(BuildError::InvalidSql { reason: "the SQL text contains a NUL byte" });
         }
         let touches_session = refusal::check(sql)?;
-        Ok(CheckedSql { text: Arc::from(sql), touches_session })
+        Ok(CheckedSql { text: Arc::from(sql), touches_session, cacheable })
     }
 
     /// SQL pgbatch wrote around this one (a guard): checked by construction.
     pub(crate) fn wrapped(&self, sql: String) -> Self {
-        CheckedSql { text: Arc::from(sql), touches_session: self.touches_session }
+        CheckedSql { text: Arc::from(sql), touches_session: self.touches_session, cacheable: self.cacheable }
     }
 }
 
@@ -76,7 +83,7 @@ impl Statement {
                 match cached {
                     Some(sql) => sql,
                     None => {
-                        let sql = CheckedSql::new(&render_sql(query)?)?;
+                        let sql = CheckedSql::new(&render_sql(query)?, true)?;
                         if let Ok(mut cache) = SQL_BY_TYPE.write() {
                             cache.get_or_insert_with(HashMap::new).insert(id, sql.clone());
                         }
@@ -84,7 +91,7 @@ impl Statement {
                     }
                 }
             }
-            _ => CheckedSql::new(&render_sql(query)?)?,
+            _ => CheckedSql::new(&render_sql(query)?, true)?,
         };
         Self::from_parts(sql, binds::collect(query)?)
     }
@@ -95,7 +102,7 @@ impl Statement {
     where
         Q: QueryFragment<Pg> + ?Sized,
     {
-        Self::from_parts(CheckedSql::new(&render_sql(query)?)?, binds::collect(query)?)
+        Self::from_parts(CheckedSql::new(&render_sql(query)?, true)?, binds::collect(query)?)
     }
 
     /// Renders a statement the caller runs on its own (a diesel-async query), not inside
@@ -109,7 +116,8 @@ impl Statement {
         if sql.contains('\0') {
             return Err(BuildError::InvalidSql { reason: "the SQL text contains a NUL byte" });
         }
-        let sql = CheckedSql { text: Arc::from(sql), touches_session: true };
+        let cacheable = query.is_safe_to_cache_prepared(&Pg).unwrap_or(false);
+        let sql = CheckedSql { text: Arc::from(sql), touches_session: true, cacheable };
         Self::from_parts(sql, binds::collect(query)?)
     }
 

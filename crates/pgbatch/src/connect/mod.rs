@@ -17,5 +17,5 @@ pub use config::Config;
 pub(crate) use io::{Io, without_waiting};
 pub use modes::{SslMode, TargetSessionAttrs};
 pub(crate) use session::Session;
-pub use session::SessionReset;
+pub use session::{SessionReset, StatementCache};
 pub(crate) use socket::{Target, open_socket, targets};

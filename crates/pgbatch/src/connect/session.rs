@@ -18,10 +18,71 @@ pub(crate) struct Session {
     pub(crate) observer: Option<Arc<dyn Observer>>,
     /// When the session is reset.
     pub(crate) reset: SessionReset,
+    /// Whether statements are kept prepared on the server, and how many.
+    pub(crate) statements: StatementCache,
 }
 
-/// When pgbatch resets a connection's session (`DISCARD ALL`, then the session setup
-/// again), so that nothing one holder of the connection left in it reaches the next.
+/// Whether a connection keeps its statements prepared on the server: a batch's statements
+/// and diesel-async queries are then parsed and planned once per connection, and a
+/// statement seen before is sent as `Bind`/`Execute` only, in the same single round trip.
+///
+/// Each connection keeps up to `capacity` statements (least recently used first out), under
+/// names of the form `pgbatch:<n>`. The session reset keeps them: it runs what `DISCARD
+/// ALL` stands for minus `DEALLOCATE ALL` (and `DISCARD PLANS`), and deallocates every
+/// statement prepared with SQL `PREPARE`, so a holder still finds no statement of an
+/// earlier holder's. A cached statement the server can no longer run as it was prepared (a
+/// table altered so that its result type changed: `0A000`, or deallocated by the caller:
+/// `26000`) makes pgbatch forget its cache and run the batch again at once, prepared anew;
+/// nothing of the failed attempt committed.
+///
+/// See the crate docs' Statement cache section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatementCache {
+    /// On where the connection has a server session of its own (directly connected, or
+    /// CockroachDB), off behind a pooler, whose server sessions do not keep a client's
+    /// statements between transactions (the default, with 256 statements).
+    Auto {
+        /// How many statements each connection keeps.
+        capacity: usize,
+    },
+    /// On wherever the connection is: for PgBouncer 1.21 and later with
+    /// `max_prepared_statements` set, which keeps protocol-level prepared statements
+    /// across its server connections. Behind an older PgBouncer, or one without that
+    /// setting, batches fail with `26000` (prepared statement does not exist).
+    Always {
+        /// How many statements each connection keeps.
+        capacity: usize,
+    },
+    /// Off: every statement is parsed and planned each time, as the unnamed statement.
+    Off,
+}
+
+impl StatementCache {
+    /// The default size of a connection's cache.
+    pub const DEFAULT_CAPACITY: usize = 256;
+
+    /// How many statements a connection keeps, given whether it shares its server session
+    /// with other clients (a pooler in between).
+    pub(crate) fn capacity(self, behind_pooler: bool) -> usize {
+        match self {
+            StatementCache::Auto { capacity } if !behind_pooler => capacity,
+            StatementCache::Always { capacity } => capacity,
+            StatementCache::Auto { .. } | StatementCache::Off => 0,
+        }
+    }
+}
+
+impl Default for StatementCache {
+    fn default() -> Self {
+        StatementCache::Auto { capacity: StatementCache::DEFAULT_CAPACITY }
+    }
+}
+
+/// When pgbatch resets a connection's session (`DISCARD ALL`, or where the connection keeps
+/// a [`StatementCache`] what `DISCARD ALL` stands for minus `DEALLOCATE ALL`; then the
+/// session setup again), so that nothing one holder of the connection left in it reaches
+/// the next.
 ///
 /// A session is its holder's: a pool checkout, a bare connection, one batch on a
 /// [`Multiplexed`](crate::Multiplexed) client. What the holder's statements change (a `SET`,
@@ -38,8 +99,9 @@ pub(crate) struct Session {
 /// The default, [`BetweenHolders`](Self::BetweenHolders), is the guarantee, whatever route
 /// a statement took to change the session (a `DO` block, a function, a trigger or a view
 /// that calls `set_config`, `SELECT ... INTO TEMP`, a session advisory lock taken inside a
-/// function, ...). The reset costs no round trip; it costs the server the work of
-/// `DISCARD ALL` (see `docs/benchmarks.md`) and drops plans cached by PL/pgSQL functions.
+/// function, ...). The reset costs no round trip; it costs the server the work of the
+/// reset (see `docs/benchmarks.md`); `DISCARD ALL` also drops plans cached by PL/pgSQL
+/// functions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SessionReset {
@@ -70,6 +132,7 @@ impl fmt::Debug for Session {
             .field("setup", &self.setup)
             .field("observer", &self.observer.is_some())
             .field("reset", &self.reset)
+            .field("statements", &self.statements)
             .finish()
     }
 }

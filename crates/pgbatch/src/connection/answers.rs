@@ -94,6 +94,10 @@ impl Connection {
         if self.broken {
             return Poll::Ready(Err(WireError::Closed));
         }
+        if self.pending > 0 {
+            // Answers read without their units: whether a Parse among them ran is not known.
+            self.statements.forget_pending();
+        }
         let written = match self.io().poll_write(cx) {
             Poll::Ready(Ok(())) => true,
             Poll::Ready(Err(error)) => return Poll::Ready(Err(self.lost(WireError::Io(error)))),

@@ -35,7 +35,8 @@ use postgres_protocol::message::frontend;
 
 use super::flight::{Flight, Unit};
 use super::state::{Connection, TxStatus};
-use super::step::{queue_unit, step};
+use super::statements::{CacheMiss, Target, prepared_in};
+use super::step::{queue_unit, step, step_as};
 use super::types::WireBinds;
 use crate::codec::Statement;
 use crate::error::WireError;
@@ -44,7 +45,7 @@ use crate::protocol::Prelude;
 use crate::protocol::sql::{
     COMMIT, NESTED_RELEASE, NESTED_SAVEPOINT, NESTED_UNDO, RELEASE, ROLLBACK, ROLLBACK_TO, SAVEPOINT,
 };
-use crate::protocol::{Answers, BatchNotSent, Ending, NotSent};
+use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Prepared};
 
 /// How a batch's unit ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +105,27 @@ impl<'a> Exchange<'a> {
 
 impl Connection {
     /// Sends a batch as one unit and reads its answers; see the module docs.
+    ///
+    /// A statement the statement cache sent by name that the server could no longer run
+    /// as prepared ([`CacheMiss`]) makes the connection forget its cache and send the unit
+    /// once more, prepared anew: the failure rolled the unit back, so nothing of it stayed.
     pub(crate) async fn exchange(&mut self, request: &Exchange<'_>) -> Result<Answers, BatchNotSent> {
+        let (answers, cached) = self.exchange_once(request).await?;
+        if !CacheMiss::in_answers(&answers, &cached) {
+            return Ok(answers);
+        }
+        tracing::debug!("a cached statement could not run as prepared: preparing it again");
+        self.statements.forget();
+        if request.restart != Restart::No {
+            // The transaction stays open for CockroachDB's own retry, which prepares anew.
+            return Ok(answers);
+        }
+        Ok(self.exchange_once(request).await?.0)
+    }
+
+    /// [`exchange`](Self::exchange) without its second try; also says which statements
+    /// were sent by a name of the statement cache's.
+    async fn exchange_once(&mut self, request: &Exchange<'_>) -> Result<(Answers, Vec<bool>), BatchNotSent> {
         self.ready().await?;
         if self.in_caller_transaction() && request.end != End::Release {
             // Never end, or roll back, a transaction the caller opened.
@@ -121,7 +142,7 @@ impl Connection {
             return Err(BatchNotSent::NoTransaction);
         }
         self.forget_replication_warning();
-        let (flight, prelude) = self.queue(request)?;
+        let Queued { flight, prelude, cached } = self.queue(request)?;
         let mut landed = flight.land(self).await;
         let answers = landed.answers.pop().expect("the batch's unit is collected");
         // A failed prelude: nothing of the batch ran.
@@ -130,7 +151,7 @@ impl Connection {
             // The enclosing transaction stays the caller's; the undo after a failure must
             // have completed.
             self.undo_nested_failure().await;
-            return Ok(answers);
+            return Ok((answers, cached));
         }
         let stays_open = match request.restart {
             // Open after a failure, for the caller to retry or end.
@@ -141,7 +162,7 @@ impl Connection {
             // A cancel or timeout landed on the closing ROLLBACK itself.
             self.end_transaction().await;
         }
-        Ok(answers)
+        Ok((answers, cached))
     }
 
     /// Reads what is still due from earlier requests (already on its way: no round trip);
@@ -207,28 +228,41 @@ impl Connection {
     /// [`Pipeline`](super::pipeline::Pipeline) to land in turn. The state the flights ahead
     /// leave is not known yet, so the unit's prelude rolls back whatever transaction one of
     /// them may leave; its custom types must have been looked up already.
-    pub(crate) fn queue_pipelined(&mut self, request: &Exchange<'_>) -> Result<(Flight, Prelude), NotSent> {
+    pub(crate) fn queue_pipelined(&mut self, request: &Exchange<'_>) -> Result<Queued, NotSent> {
         debug_assert!(request.end == End::Commit && request.restart == Restart::No && request.begin.is_some());
         self.queue(request)
     }
 
     /// Encodes the exchange into the write buffer, all of it or nothing.
-    fn queue(&mut self, request: &Exchange<'_>) -> Result<(Flight, Prelude), NotSent> {
+    fn queue(&mut self, request: &Exchange<'_>) -> Result<Queued, NotSent> {
         let binds: Vec<WireBinds<'_>> =
             request.statements.iter().map(|statement| WireBinds::new(self, statement)).collect();
         // A unit that begins a transaction starts outside one: its prelude makes the session
         // ready (never inside the caller's transaction: `exchange` refuses to begin there).
+        // Before the statements' targets: a reset that is `DISCARD ALL` empties the cache.
         let prelude = self.prelude(request.begin.is_some());
+        let targets: Vec<Target> = request
+            .statements
+            .iter()
+            .zip(&binds)
+            .map(|(statement, binds)| self.statements.target_for(statement, binds.get().0))
+            .collect();
         let touches_session = request.statements.iter().any(|statement| statement.sql.touches_session);
         let runs_statements = request.begin.is_some() || !request.statements.is_empty();
         let mut failing = None;
-        let framed =
-            queue_unit(self, prelude, |buf| queue_steps(buf, request, &binds, &mut failing)).map_err(|error| {
-                match failing {
+        let steps = Steps { request, binds: &binds, targets: &targets };
+        let queued = queue_unit(self, prelude, |buf, parses| queue_steps(buf, &steps, parses, &mut failing));
+        let (framed, mut prepared) = match queued {
+            Ok(queued) => queued,
+            Err(error) => {
+                // Nothing was written: the misses' entries are dropped.
+                self.statements.settle(&prepared_in(&targets, 0).0, 0);
+                return Err(match failing {
                     Some(index) => NotSent::Encode { index, error },
                     None => NotSent::Wire(WireError::Protocol(error.to_string())),
-                }
-            })?;
+                });
+            }
+        };
         let mut flight = Flight::new();
         if let Some(offset) = framed.end_offset {
             let base = self.io().queued() - self.io().queue().len() as u64;
@@ -237,15 +271,34 @@ impl Connection {
         if runs_statements {
             self.note_use(touches_session);
         }
-        let collector = Collector::new(framed.prefix, request.statements.len(), framed.suffix, framed.end_tag);
-        flight.push(self, Unit::Collect(collector.after(prelude)));
+        prepared.extend(framed.prepared);
+        let collector = Collector::new(framed.prefix, request.statements.len(), framed.suffix, framed.end_tag)
+            .after(prelude)
+            .preparing(prepared);
+        flight.push(self, Unit::Collect(collector));
         if request.end == End::Open {
             flight.roll_back_open_failure();
         } else if request.restart == Restart::No {
             flight.push(self, Unit::Discard);
         }
-        Ok((flight, prelude))
+        let cached = targets.iter().map(|target| *target != Target::Unnamed).collect();
+        Ok(Queued { flight, prelude, cached })
     }
+}
+
+/// A unit written and waiting for its answers.
+pub(crate) struct Queued {
+    pub(crate) flight: Flight,
+    pub(crate) prelude: Prelude,
+    /// For each statement, whether it was sent by a name of the statement cache's.
+    pub(crate) cached: Vec<bool>,
+}
+
+/// What [`queue_steps`] writes: the request, and its statements' binds and targets.
+struct Steps<'r, 'a> {
+    request: &'r Exchange<'a>,
+    binds: &'r [WireBinds<'r>],
+    targets: &'r [Target],
 }
 
 /// Where a unit's own steps lie, as [`queue_steps`] wrote them.
@@ -258,17 +311,22 @@ struct Framed {
     end_tag: Option<&'static str>,
     /// Where the end step ends in the write buffer.
     end_offset: Option<usize>,
+    /// The statements' `Parse`s into named statements.
+    prepared: Vec<Prepared>,
 }
 
 /// Writes the unit's own steps (after its prelude): `BEGIN`, the restart or nested
 /// savepoint, the statements, their releases, the end step, the `Sync`, and the query that
 /// follows it. `failing` names the statement being written, for an encoding error.
+/// `parses_before`: how many `Parse`s the segment holds before the unit's own steps (the
+/// prelude's).
 fn queue_steps(
     buf: &mut bytes::BytesMut,
-    request: &Exchange<'_>,
-    binds: &[WireBinds<'_>],
+    steps: &Steps<'_, '_>,
+    parses_before: usize,
     failing: &mut Option<usize>,
 ) -> std::io::Result<Framed> {
+    let request = steps.request;
     let restart = request.restart != Restart::No;
     let nested = request.end == End::Release;
     if let Some(begin) = request.begin {
@@ -282,10 +340,13 @@ fn queue_steps(
     if nested {
         step(buf, NESTED_SAVEPOINT, &[], &[], false)?;
     }
-    for (index, (statement, binds)) in request.statements.iter().zip(binds).enumerate() {
+    let prefix = usize::from(request.begin.is_some()) + usize::from(restart) + usize::from(nested);
+    for (index, ((statement, binds), target)) in
+        request.statements.iter().zip(steps.binds).zip(steps.targets).enumerate()
+    {
         let (oids, values) = binds.get();
         *failing = Some(index);
-        step(buf, &statement.sql.text, oids, values, true)?;
+        step_as(buf, target, &statement.sql.text, oids, values, true)?;
         *failing = None;
     }
     if restart {
@@ -311,11 +372,11 @@ fn queue_steps(
     } else if end.is_some() && !restart {
         frontend::query(ROLLBACK, buf)?;
     }
-    let extra = usize::from(restart) + usize::from(nested);
     Ok(Framed {
-        prefix: usize::from(request.begin.is_some()) + extra,
-        suffix: extra,
+        prefix,
+        suffix: usize::from(restart) + usize::from(nested),
         end_tag: end.map(|end| if nested { "SAVEPOINT" } else { end }),
         end_offset,
+        prepared: prepared_in(steps.targets, parses_before + prefix).0,
     })
 }

@@ -177,6 +177,8 @@ impl Reader for Flight {
             Unit::Collect(collector) => {
                 if collector.take(message)? {
                     let Some(Unit::Collect(collector)) = self.units.pop_front() else { unreachable!("matched above") };
+                    let (prepared, parsed) = collector.parses();
+                    connection.statements.settle(prepared, parsed);
                     let failed = collector.failed();
                     self.answers.push(collector.finish());
                     if failed && self.roll_back_open_failure && connection.status() != TxStatus::Idle {
@@ -201,6 +203,8 @@ impl Reader for Flight {
         let mut error = Some(error);
         for unit in self.units.drain(..) {
             if let Unit::Collect(collector) = unit {
+                let (prepared, parsed) = collector.parses();
+                connection.statements.settle(prepared, parsed);
                 // The first collected unit gets the error itself, the others a copy of its
                 // kind; only the first can have an end step in flight.
                 let this = error.take().unwrap_or(WireError::Closed);

@@ -46,7 +46,7 @@ impl Connection {
     /// between its transactions: no backend of its own (a pooler in between), unless the
     /// server is CockroachDB, which shows no backend either but gives each connection a
     /// session of its own.
-    fn shares_server_session(&self) -> bool {
+    pub(super) fn shares_server_session(&self) -> bool {
         !self.has_own_backend() && self.parameter("crdb_version").is_none()
     }
 
@@ -68,15 +68,26 @@ impl Connection {
     /// clean; `outside` says whether it starts outside any transaction (it begins one, or is
     /// a caller's request on an idle connection). Behind a pooler every such unit may land on
     /// a server session another client just left, so each is reset.
-    pub(crate) fn prelude(&self, outside: bool) -> Prelude {
+    ///
+    /// The reset keeps the connection's prepared statements when it caches them, except on
+    /// CockroachDB, whose reset stays `DISCARD ALL`: the cache then starts again empty.
+    pub(crate) fn prelude(&mut self, outside: bool) -> Prelude {
+        // Every unit that may use the statement cache starts here.
+        self.statements.begin_unit();
         if !outside || self.in_caller_transaction() {
             return Prelude::NONE;
         }
         let reset = self.reset_due || (self.shares_server_session() && self.resets_after_any_use());
         // With answers still due (units pipelined ahead), the state they leave is not known.
         let rollback = self.status != TxStatus::Idle || self.pending > 0;
+        let keep_statements = self.statements.is_on() && self.parameter("crdb_version").is_none();
+        if reset && !keep_statements {
+            self.statements.discarded();
+        }
+        // Keeping statements, the clearing steps end with a COMMIT of their own; without a
+        // setup after it, the reset still ends with a step that can absorb a held-over cancel.
         let commit = reset && !self.session.setup.is_empty();
-        Prelude { rollback, reset, setup: if reset { self.reset_setup.len() } else { 0 }, commit }
+        Prelude { rollback, reset, keep_statements, setup: if reset { self.reset_setup.len() } else { 0 }, commit }
     }
 
     /// Takes in what became of a unit's prelude (see [`prelude_landed`](Self::prelude_landed))

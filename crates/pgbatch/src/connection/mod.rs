@@ -19,12 +19,14 @@ pub(crate) mod pipeline;
 mod request;
 pub(crate) mod startup;
 mod state;
+mod statements;
 mod step;
 pub(crate) mod types;
 
-pub(crate) use exchange::{End, Exchange, Restart};
+pub(crate) use exchange::{End, Exchange, Queued, Restart};
 pub(crate) use pipeline::Pipeline;
 #[cfg(feature = "diesel-async")]
 pub(crate) use state::Attachment;
 pub use state::Connection;
 pub(crate) use state::{EndBackend, Peer, Terminate, TxStatus};
+pub(crate) use statements::CacheMiss;

@@ -21,7 +21,8 @@ use postgres_protocol::message::frontend;
 
 use super::flight::{Flight, Unit};
 use super::state::{Connection, TxStatus};
-use super::step::{queue_unit, step};
+use super::statements::{CacheMiss, Target, prepared_in};
+use super::step::{queue_unit, step, step_as};
 use super::types::WireBinds;
 use crate::codec::{Boundary, Statement, boundary, is_one_statement};
 use crate::error::{ServerError, SqlState};
@@ -32,19 +33,45 @@ use crate::protocol::{Answers, Ending, NotSent, Position};
 impl Connection {
     /// Runs one statement of the caller's, with binary binds and results, and collects its
     /// rows and row count.
-    pub(crate) async fn request(&mut self, statement: &Statement) -> Result<Answers, NotSent> {
+    ///
+    /// Returns also whether the statement was prepared into the statement cache (a miss).
+    /// A statement sent by a cached name that the server could no longer run as prepared
+    /// ([`CacheMiss`]) makes the connection forget its cache; outside a transaction the
+    /// statement did not commit, so it is sent once more, prepared anew. Inside one the
+    /// failure stands, as on `AsyncPgConnection`: the transaction is aborted.
+    pub(crate) async fn request(&mut self, statement: &Statement) -> Result<(Answers, bool), NotSent> {
         self.ready().await?;
+        let autocommit = self.status() == TxStatus::Idle;
+        let (answers, target) = self.request_once(statement).await?;
+        let prepared = matches!(target, Target::Prepare(_));
+        if !CacheMiss::in_answers(&answers, &[target != Target::Unnamed]) {
+            return Ok((answers, prepared));
+        }
+        tracing::debug!("a cached statement could not run as prepared: preparing it again");
+        self.statements.forget();
+        if !autocommit {
+            return Ok((answers, prepared));
+        }
+        let (answers, again) = self.request_once(statement).await?;
+        Ok((answers, prepared || matches!(again, Target::Prepare(_))))
+    }
+
+    /// One sending of [`request`](Self::request)'s statement, and how it was sent.
+    async fn request_once(&mut self, statement: &Statement) -> Result<(Answers, Target), NotSent> {
         super::types::resolve(self, &[statement]).await?;
         let binds = WireBinds::new(self, statement);
         let (oids, values) = binds.get();
         let text = &statement.sql.text;
         let prelude = self.prelude(true);
-        self.send(prelude, |buf| {
-            step(buf, text, oids, values, true)?;
-            frontend::sync(buf);
-            Ok(())
-        })
-        .await
+        let target = self.statements.target_for(statement, oids);
+        let answers = self
+            .send(prelude, &target, |buf| {
+                step_as(buf, &target, text, oids, values, true)?;
+                frontend::sync(buf);
+                Ok(())
+            })
+            .await?;
+        Ok((answers, target))
     }
 
     /// Runs SQL text (several statements allowed) as one simple query. Its rows are read
@@ -56,9 +83,9 @@ impl Connection {
             self.status() == TxStatus::Failed && boundary(sql) == (Boundary::Ends { commits: true });
         let prelude = self.prelude(true);
         let mut answers = if prelude == Prelude::NONE {
-            self.send(prelude, |buf| frontend::query(sql, buf)).await?
+            self.send(prelude, &Target::Unnamed, |buf| frontend::query(sql, buf)).await?
         } else if is_one_statement(sql) {
-            self.send(prelude, |buf| {
+            self.send(prelude, &Target::Unnamed, |buf| {
                 step(buf, sql, &[], &[], true)?;
                 frontend::sync(buf);
                 Ok(())
@@ -66,7 +93,7 @@ impl Connection {
             .await?
         } else {
             self.make_ready(prelude).await?;
-            self.send(Prelude::NONE, |buf| frontend::query(sql, buf)).await?
+            self.send(Prelude::NONE, &Target::Unnamed, |buf| frontend::query(sql, buf)).await?
         };
         if commits_a_failed_transaction && matches!(answers.ending, Ending::Done) {
             let error = ServerError::synthetic(
@@ -82,7 +109,7 @@ impl Connection {
     /// sent when a step of it fails.
     async fn make_ready(&mut self, prelude: Prelude) -> Result<(), NotSent> {
         let answers = self
-            .send(prelude, |buf| {
+            .send(prelude, &Target::Unnamed, |buf| {
                 frontend::sync(buf);
                 Ok(())
             })
@@ -96,16 +123,32 @@ impl Connection {
 
     /// Sends `prelude` and the request `queue_request` writes in one write, and collects the
     /// request's answers; gives the session up when the prelude could not clear it.
+    /// `target`: how the request's statement is sent (unnamed for SQL text).
     async fn send(
         &mut self,
         prelude: Prelude,
+        target: &Target,
         queue_request: impl FnOnce(&mut bytes::BytesMut) -> std::io::Result<()>,
     ) -> Result<Answers, NotSent> {
+        let targets = std::slice::from_ref(target);
         // On an error nothing of it is sent: the connection stays as it was.
-        queue_unit(self, prelude, queue_request).map_err(|error| NotSent::Encode { index: 0, error })?;
+        let prepared = match queue_unit(self, prelude, |buf, parses| {
+            queue_request(buf)?;
+            Ok(prepared_in(targets, parses).0)
+        }) {
+            Ok((request, mut prepared)) => {
+                prepared.extend(request);
+                prepared
+            }
+            Err(error) => {
+                self.statements.settle(&prepared_in(targets, 0).0, 0);
+                return Err(NotSent::Encode { index: 0, error });
+            }
+        };
         let mut flight = Flight::new();
         // One statement, or as many as a simple query holds: each completion is an output.
-        flight.push(self, Unit::Collect(Collector::new(0, usize::MAX, 0, None).after(prelude)));
+        let collector = Collector::new(0, usize::MAX, 0, None).after(prelude).preparing(prepared);
+        flight.push(self, Unit::Collect(collector));
         self.note_use(false);
         let mut landed = flight.land(self).await;
         let answers = landed.answers.pop().expect("the request's unit is collected");

@@ -249,6 +249,7 @@ async fn attempt(
     let backend = identity.and_then(|identity| Backend::new(process_id, identity));
     connection.set_end_backend(backend.map(|backend| ender(config.clone(), backend)));
     connection.restore_startup_parameters(postgres.get_application_name());
+    connection.start_statement_cache();
     Ok(connection)
 }
 

@@ -7,10 +7,11 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::statements::Statements;
 use crate::codec::TypeName;
 use crate::connect::CancelToken;
 use crate::connect::{Io, without_waiting};
-use crate::connect::{Session, SessionReset};
+use crate::connect::{Session, SessionReset, StatementCache};
 use crate::error::ConnectError;
 use crate::plan::RetryPolicy;
 
@@ -74,6 +75,10 @@ pub struct Connection {
     /// Ends the server process behind the connection from another connection, when it can
     /// be ended by process id (see [`backend`](super::backend)).
     pub(super) end_backend: Option<EndBackend>,
+    /// The statements this connection keeps prepared on the server (see
+    /// [`statements`](super::statements)); off until start-up has seen whether a pooler is
+    /// in between.
+    pub(super) statements: Statements,
     /// What an adapter keeps on the connection for its callers, and its say in whether a
     /// pool may lend the connection out (see [`Attachment`]).
     #[cfg(feature = "diesel-async")]
@@ -135,6 +140,7 @@ impl Connection {
             session,
             end_backend: None,
             peer: None,
+            statements: Statements::new(0),
             #[cfg(feature = "diesel-async")]
             attachment: None,
         }
@@ -230,6 +236,33 @@ impl Connection {
     /// Sets when this connection's session is reset; see [`SessionReset`].
     pub fn set_session_reset(&mut self, reset: SessionReset) {
         Arc::make_mut(&mut self.session).reset = reset;
+    }
+
+    /// Sets whether this connection keeps its statements prepared on the server; see
+    /// [`StatementCache`]. The statements it kept are closed before its next unit.
+    pub fn set_statement_cache(&mut self, cache: StatementCache) {
+        Arc::make_mut(&mut self.session).statements = cache;
+        self.start_statement_cache();
+    }
+
+    /// Starts the statement cache as the session settings say, for where the connection
+    /// is (behind a pooler or not).
+    pub(crate) fn start_statement_cache(&mut self) {
+        let capacity = self.session.statements.capacity(self.shares_server_session());
+        let mut fresh = Statements::new(capacity);
+        self.statements.forget();
+        fresh.restore_closing(self.statements.take_closing());
+        self.statements = fresh;
+    }
+
+    /// Forgets every statement the connection keeps prepared (closed before the next unit).
+    pub(crate) fn forget_statements(&mut self) {
+        self.statements.forget();
+    }
+
+    /// How many statements the connection keeps prepared on the server now.
+    pub fn cached_statements(&self) -> usize {
+        self.statements.len()
     }
 
     pub(crate) fn session(&self) -> &Arc<Session> {

@@ -15,8 +15,8 @@ use super::manager::ConnectionManager;
 use crate::codec::Statement;
 use crate::connect::CancelToken;
 use crate::connection::Pipeline;
+use crate::connection::{CacheMiss, End, Exchange, Queued};
 use crate::connection::{Connection, EndBackend};
-use crate::connection::{End, Exchange};
 use crate::error::PoolError;
 use crate::protocol::PreludeOutcome;
 use crate::protocol::{Answers, BatchNotSent, Ending, NotSent, Position};
@@ -42,12 +42,15 @@ pub(super) struct Job {
     pub(super) _load: Load,
 }
 
-/// A job in flight: where its answer goes, and the backend it was sent to.
+/// A job in flight: the job itself (sent again once when a cached statement could not run
+/// as prepared), the backend it was sent to, and which of its statements went by a cached
+/// name.
 struct Sent {
-    reply: oneshot::Sender<Result<Delivery, BatchNotSent>>,
+    job: Job,
     orphan: (CancelToken, Option<EndBackend>),
-    _permit: OwnedSemaphorePermit,
-    _load: Load,
+    cached: Vec<bool>,
+    /// Whether this is the job's second sending, after a [`CacheMiss`].
+    again: bool,
 }
 
 /// Counts a batch in its lane's load, and in that connection's in-flight gauge, for as
@@ -157,11 +160,21 @@ impl Driver {
                     return Poll::Pending;
                 }
                 let connection = self.connection.as_mut().expect("flights are in flight on a connection");
+                let mut again = Vec::new();
                 let landed = pipeline.poll(connection, cx, |sent, arrival| {
                     retiring |= !arrival.connection_fit;
-                    deliver(sent, arrival);
+                    again.extend(deliver(sent, arrival));
                 });
-                if landed.is_pending() {
+                let requeued = !again.is_empty();
+                if requeued {
+                    tracing::debug!("a cached statement could not run as prepared: preparing it again");
+                    connection.forget_statements();
+                }
+                for job in again {
+                    queue_sending(connection, job, pipeline, true);
+                }
+                // Jobs sent again are written by the next poll.
+                if landed.is_pending() && !requeued {
                     return Poll::Pending;
                 }
             }
@@ -195,31 +208,40 @@ fn types_known(connection: &Connection, job: &Job) -> bool {
 /// Queues `job` on `connection` behind the flights due, or answers it at once when it
 /// cannot be encoded (nothing of it is then written).
 fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
-    let Job { statements, begin, reply, _permit, _load } = job;
-    let statements: Vec<&Statement> = statements.iter().map(|statement| &**statement).collect();
-    let exchange = Exchange::new(Some(&begin), &statements, End::Commit);
+    queue_sending(connection, job, pipeline, false);
+}
+
+/// [`queue`], `again` saying whether the job was sent before.
+fn queue_sending(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>, again: bool) {
+    let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
+    let exchange = Exchange::new(Some(&job.begin), &statements, End::Commit);
     // Each batch is a holder of its own: the one ahead hands the session over.
     connection.hand_over();
     match connection.queue_pipelined(&exchange) {
-        Ok((flight, prelude)) => {
+        Ok(Queued { flight, prelude, cached }) => {
             let orphan = (connection.cancel_token(), connection.end_backend());
-            pipeline.push(flight, prelude, Sent { reply, orphan, _permit, _load });
+            pipeline.push(flight, prelude, Sent { job, orphan, cached, again });
         }
         Err(not_sent) => {
-            let _ = reply.send(Err(not_sent.into()));
+            let _ = job.reply.send(Err(not_sent.into()));
         }
     }
 }
 
-/// Hands a landed flight's answers to its caller (if it is still waiting).
-fn deliver(sent: Sent, arrival: crate::connection::pipeline::Arrival) {
+/// Hands a landed flight's answers to its caller (if it is still waiting), or gives the
+/// job back to be sent once more when a cached statement could not run as prepared.
+fn deliver(sent: Sent, arrival: crate::connection::pipeline::Arrival) -> Option<Job> {
     let mut answers = arrival.landed.answers;
     let answers = answers.pop().expect("a batch's flight collects its unit");
     if let Ending::Failed { at: Position::Prelude, error } = answers.ending {
         // The server skipped the batch: nothing of it ran.
         let cleared = matches!(answers.prelude, PreludeOutcome::Failed { cleared: true });
-        let _ = sent.reply.send(Err(NotSent::Prelude { error, cleared }.into()));
-        return;
+        let _ = sent.job.reply.send(Err(NotSent::Prelude { error, cleared }.into()));
+        return None;
+    }
+    if !sent.again && arrival.connection_fit && CacheMiss::in_answers(&answers, &sent.cached) {
+        // The failure rolled the batch back: nothing of it stayed.
+        return (!sent.job.reply.is_closed()).then_some(sent.job);
     }
     let lost = matches!(answers.ending, Ending::Lost { .. });
     let delivery = Delivery {
@@ -227,5 +249,6 @@ fn deliver(sent: Sent, arrival: crate::connection::pipeline::Arrival) {
         replication_unconfirmed: arrival.replication_unconfirmed,
         orphan: lost.then_some(sent.orphan),
     };
-    let _ = sent.reply.send(Ok(delivery));
+    let _ = sent.job.reply.send(Ok(delivery));
+    None
 }

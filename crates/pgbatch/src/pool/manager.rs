@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::connect::Config;
-use crate::connect::{Session, SessionReset};
+use crate::connect::{Session, SessionReset, StatementCache};
 use crate::connection::Connection;
 use crate::error::{ConnectError, PoolError};
 use crate::plan::RetryPolicy;
@@ -112,6 +112,15 @@ impl ConnectionManager {
     #[must_use]
     pub fn session_reset(mut self, reset: SessionReset) -> Self {
         Arc::make_mut(&mut self.session).reset = reset;
+        self
+    }
+
+    /// Whether this pool's connections keep their statements prepared on the server, and
+    /// how many; by default up to 256 each where a connection has a server session of its
+    /// own, none behind a pooler. See [`StatementCache`].
+    #[must_use]
+    pub fn statement_cache(mut self, cache: StatementCache) -> Self {
+        Arc::make_mut(&mut self.session).statements = cache;
         self
     }
 

@@ -8,7 +8,7 @@ use fallible_iterator::FallibleIterator;
 use postgres_protocol::message::backend::{DataRowBody, Message, RowDescriptionBody};
 
 use super::prelude::{Prelude, PreludeOutcome};
-use super::unit::{Answers, Ending, Position};
+use super::unit::{Answers, Ending, Position, Prepared};
 use crate::codec::{Column, Row, StepOutput};
 use crate::error::{ServerError, SqlState, WireError};
 
@@ -32,6 +32,10 @@ pub(crate) struct Collector {
     failure: Option<(Position, Box<ServerError>)>,
     /// Whether the end step answered as asked.
     ended: bool,
+    /// `ParseComplete`s read: the first this many `Parse` messages of the unit ran.
+    parsed: usize,
+    /// The unit's `Parse`s into named statements.
+    prepared: Vec<Prepared>,
 }
 
 impl Collector {
@@ -49,7 +53,21 @@ impl Collector {
             outputs: Vec::with_capacity(statements.min(64)),
             failure: None,
             ended: false,
+            parsed: 0,
+            prepared: Vec::new(),
         }
+    }
+
+    /// The unit parses these named statements.
+    pub(crate) fn preparing(mut self, prepared: Vec<Prepared>) -> Self {
+        self.prepared = prepared;
+        self
+    }
+
+    /// The unit's named `Parse`s, and how many of its `Parse` messages the server
+    /// confirmed so far.
+    pub(crate) fn parses(&self) -> (&[Prepared], usize) {
+        (&self.prepared, self.parsed)
     }
 
     /// The unit's steps follow `prelude`'s, in the same segment.
@@ -96,7 +114,8 @@ impl Collector {
     /// Takes one message of the unit. Returns true at its `ReadyForQuery`.
     pub(crate) fn take(&mut self, message: Message) -> Result<bool, WireError> {
         match message {
-            Message::ParseComplete | Message::BindComplete | Message::NoData => {}
+            Message::ParseComplete => self.parsed += 1,
+            Message::BindComplete | Message::NoData | Message::CloseComplete => {}
             Message::RowDescription(body) => self.columns = Some(columns(&body)?),
             Message::DataRow(body) => {
                 let columns = self.columns.clone().ok_or_else(|| protocol("a row without a row description"))?;

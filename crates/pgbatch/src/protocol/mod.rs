@@ -10,4 +10,4 @@ mod unit;
 
 pub(crate) use collect::Collector;
 pub(crate) use prelude::{Prelude, PreludeOutcome};
-pub(crate) use unit::{Answers, BatchNotSent, Ending, NotSent, Position};
+pub(crate) use unit::{Answers, BatchNotSent, Ending, NotSent, Position, Prepared};

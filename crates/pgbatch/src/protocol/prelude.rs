@@ -33,8 +33,12 @@ pub(crate) struct Prelude {
     /// `ROLLBACK`: a transaction an earlier unit of pgbatch's left open (its closing
     /// `ROLLBACK` was cancelled, or its answers are not known yet).
     pub(crate) rollback: bool,
-    /// The session reset: `DISCARD ALL`, the session setup, and the closing step.
+    /// The session reset: `DISCARD ALL` (or, keeping the connection's prepared statements,
+    /// [`RESET_KEEPING_STATEMENTS`](super::sql::RESET_KEEPING_STATEMENTS)), the session
+    /// setup, and the closing step.
     pub(crate) reset: bool,
+    /// Whether the reset keeps the connection's prepared statements.
+    pub(crate) keep_statements: bool,
     /// How many statements the reset runs after `DISCARD ALL`: behind a pooler, the one
     /// that gives back the connection's start-up parameters; then the session setup.
     pub(crate) setup: usize,
@@ -47,17 +51,24 @@ pub(crate) struct Prelude {
 
 impl Prelude {
     /// Nothing before the unit.
-    pub(crate) const NONE: Prelude = Prelude { rollback: false, reset: false, setup: 0, commit: false };
+    pub(crate) const NONE: Prelude =
+        Prelude { rollback: false, reset: false, keep_statements: false, setup: 0, commit: false };
 
     /// How many steps the prelude sends.
     pub(crate) fn steps(self) -> usize {
-        usize::from(self.rollback) + if self.reset { self.setup + 2 } else { 0 }
+        usize::from(self.rollback) + if self.reset { self.clearing_steps() + self.setup + 1 } else { 0 }
     }
 
-    /// The index of the `DISCARD ALL` step, when there is one: once it has answered, the
-    /// session holds nothing of an earlier holder.
+    /// How many steps clear the session: `DISCARD ALL`, or the steps that keep prepared
+    /// statements, their `COMMIT` included.
+    pub(crate) fn clearing_steps(self) -> usize {
+        if self.keep_statements { super::sql::RESET_KEEPING_STATEMENTS.len() } else { 1 }
+    }
+
+    /// The index of the last step that clears the session, when there is one: once it has
+    /// answered, the session holds nothing of an earlier holder.
     pub(crate) fn discard_step(self) -> Option<usize> {
-        self.reset.then_some(usize::from(self.rollback))
+        self.reset.then_some(usize::from(self.rollback) + self.clearing_steps() - 1)
     }
 }
 

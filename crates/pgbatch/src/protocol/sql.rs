@@ -11,6 +11,34 @@ pub(crate) const BEGIN: &str = "BEGIN";
 /// The session reset before a unit that needs one; the session setup runs again after it.
 pub(crate) const DISCARD: &str = "DISCARD ALL";
 
+/// The session reset of a connection that keeps its statements prepared (see
+/// [`StatementCache`](crate::StatementCache)): what `DISCARD ALL` stands for minus
+/// `DEALLOCATE ALL`, as Npgsql resets its pooled connections, and minus `DISCARD PLANS`
+/// (a plan holds nothing of a session's state, and the server re-plans when the role or
+/// the `search_path` it was made under changes); every statement prepared with SQL
+/// `PREPARE` is deallocated, pgbatch's own (prepared through the protocol) are kept. The
+/// steps run in one implicit transaction, which the closing `COMMIT` commits: a step that
+/// fails rolls all of them back, and the session counts as not cleared. `DISCARD TEMP`, the
+/// step that can take long, runs before `RESET ALL`, under the settings the holder left (a
+/// `statement_timeout`, say), as it does inside `DISCARD ALL`.
+pub(crate) const RESET_KEEPING_STATEMENTS: [&str; 9] = [
+    "CLOSE ALL",
+    "DISCARD TEMP",
+    "SET SESSION AUTHORIZATION DEFAULT",
+    "RESET ALL",
+    "UNLISTEN *",
+    "SELECT pg_advisory_unlock_all()",
+    "DISCARD SEQUENCES",
+    DEALLOCATE_PREPARED_WITH_SQL,
+    COMMIT,
+];
+
+/// Deallocates every statement prepared with SQL `PREPARE` (`from_sql`), whichever route
+/// it took (a `DO` block, a function): only the protocol's own survive.
+const DEALLOCATE_PREPARED_WITH_SQL: &str = "DO $pgbatch$DECLARE statement text; BEGIN \
+    FOR statement IN SELECT p.name FROM pg_catalog.pg_prepared_statements p WHERE p.from_sql LOOP \
+    EXECUTE pg_catalog.format('DEALLOCATE %I', statement); END LOOP; END$pgbatch$";
+
 /// The SQL of the restart protocol; CockroachDB gives this savepoint name its meaning.
 pub(crate) const SAVEPOINT: &str = "SAVEPOINT cockroach_restart";
 pub(crate) const RELEASE: &str = "RELEASE SAVEPOINT cockroach_restart";
@@ -41,7 +69,10 @@ mod tests {
             NESTED_SAVEPOINT,
             NESTED_RELEASE,
             NESTED_UNDO,
-        ] {
+        ]
+        .into_iter()
+        .chain(RESET_KEEPING_STATEMENTS)
+        {
             crate::codec::constructs::assert_allowed(sql, &[]);
         }
     }

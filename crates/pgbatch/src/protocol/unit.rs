@@ -20,6 +20,15 @@ pub(crate) enum Position {
     End,
 }
 
+/// A `Parse` into a named statement, written in a unit: its place among the unit's `Parse`
+/// messages (from 0), and the name. The server confirms it with its `ParseComplete`; a
+/// `Parse` it skipped (a step before it failed) prepared nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    pub(crate) ordinal: usize,
+    pub(crate) name: std::sync::Arc<str>,
+}
+
 /// How a batch's unit ended, read from its answers.
 #[derive(Debug)]
 pub(crate) enum Ending {
