@@ -246,3 +246,35 @@ async fn a_full_cache_closes_what_it_evicts_and_an_off_cache_prepares_nothing() 
     let (names, _) = server_statements(&mut connection, "").await;
     assert!(names.is_empty(), "every cached statement was closed: {names:?}");
 }
+
+/// Guards (pgbatch's SQL around the caller's query), idempotency markers and two-phase
+/// batches go through the cache like any statement: run twice on one connection, each of
+/// their statements is prepared once and bound twice.
+#[tokio::test]
+async fn guards_markers_and_two_phase_batches_bind_their_statements_by_name() {
+    let h = Harness::new().await;
+    if behind_a_pooler(&h).await {
+        return;
+    }
+    pgbatch::idempotency::install(&h.pool, pgbatch::idempotency::DEFAULT_TABLE).await.unwrap();
+    let mut connection = Connection::connect_with(h.db.config()).await.unwrap();
+    for round in 0..2 {
+        let mut batch = Batch::new();
+        batch.idempotency_key(pgbatch::IdempotencyKey::new(format!("cached {round}")));
+        batch.push(diesel::update(account::table.find(1)).set(account::balance.eq(7))).expect_rows(1);
+        batch.push(insert_note(1, &format!("guarded {round}")));
+        batch.run(&mut connection).await.unwrap();
+
+        let mut two_phase = Batch::new();
+        two_phase.push(insert_note(1, &format!("two-phase {round}")));
+        two_phase.prepare(&mut connection).await.unwrap().commit().await.unwrap();
+    }
+    let (inserts, _) = server_statements(&mut connection, "INSERT").await;
+    let (guarded, _) = server_statements(&mut connection, "WITH pgbatch_guarded").await;
+    // The note's insert ran four times (two batches of each kind), the marker's twice, the
+    // guard's wrapped update twice: each prepared once, then bound by name.
+    assert!(inserts.iter().any(|entry| entry.ends_with("=4")), "{inserts:?}");
+    assert!(inserts.iter().any(|entry| entry.ends_with("=2")), "{inserts:?}");
+    assert_eq!(guarded.len(), 1, "one guarded statement, the same SQL each run: {guarded:?}");
+    assert!(guarded[0].ends_with("=2"), "{guarded:?}");
+}

@@ -5,11 +5,13 @@
 //! An entry enters the cache when its `Parse` is written (pending) and is used only once
 //! the server's `ParseComplete` for it has been read (ready): a unit pipelined behind
 //! another cannot know whether the server will skip the `Parse` ahead of it (an earlier
-//! step of that unit may fail), so it parses the statement unnamed instead. A unit whose
-//! answers are lost, or read without their collector (a dropped future), takes its pending
-//! entries with it. Evicted and forgotten entries are closed (`Close`) at the start of the
-//! next unit; closing a name the server does not have is not an error, so a name is
-//! closed whether or not its `Parse` ran. Names are never reused on a connection.
+//! step of that unit may fail), so it parses the statement unnamed instead. A `Parse` the
+//! server skipped or refused prepared nothing; its entry goes without a `Close` (the name
+//! may be a statement the caller prepared, `42P05`). A unit whose answers were read without
+//! their collector (a dropped future) takes its pending entries with it, and closes them,
+//! since whether their `Parse` ran is not known: closing a name the server does not have is
+//! not an error. Evicted and forgotten entries are closed at the start of the next unit.
+//! Names are never reused on a connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;

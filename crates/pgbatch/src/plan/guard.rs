@@ -8,8 +8,10 @@
 //! No function or table is installed in the user's database, and the SQL is valid on
 //! PostgreSQL and CockroachDB alike.
 //!
-//! Each guard's marker carries a random token, so a statement's own cast error that
-//! happens to quote a marker-like text is never taken for a guard's failure.
+//! Every guard's marker carries a token drawn at random once per process, so a statement's
+//! own cast error that happens to quote a marker-like text is never taken for a guard's
+//! failure; once per process rather than per guard, so that a guarded statement's SQL is
+//! the same from run to run and the statement cache keeps it.
 //!
 //! Row-count guards wrap their statement in a CTE and test `count(*)` in an uncorrelated
 //! subquery, which the server evaluates once, before returning any row, even when there
@@ -35,13 +37,19 @@ pub(crate) struct GuardSpec {
     pub(crate) expectation: Expectation,
     /// The SQL of the guarded statement or guard query, as rendered.
     base_sql: String,
-    /// This guard's marker token: only a failure quoting it is this guard's.
+    /// The marker token: only a failure quoting it is a guard's.
     token: u64,
+}
+
+/// The marker token of this process's guards, drawn once.
+fn process_token() -> u64 {
+    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(rand::random)
 }
 
 impl GuardSpec {
     pub(crate) fn new(expectation: Expectation, base_sql: String) -> Self {
-        GuardSpec { expectation, base_sql, token: rand::random() }
+        GuardSpec { expectation, base_sql, token: process_token() }
     }
 
     /// The SQL the guard was made from.
