@@ -111,25 +111,6 @@ pub fn probe(body: &str) -> (Batch, impl FnOnce(&Committed) -> Seen + use<>) {
     (batch, read)
 }
 
-/// Cancels, from another session, the first `DISCARD ALL` or `DISCARD TEMP` it sees running in this
-/// database within `within`; true when it cancelled one.
-pub async fn cancel_the_reset(client: &tokio_postgres::Client, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let cancelled = pgbatch_testing::count(
-            client,
-            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state = 'active' AND query IN ('DISCARD ALL', 'DISCARD TEMP') \
-             AND pid <> pg_backend_pid()",
-        )
-        .await;
-        if cancelled > 0 {
-            return true;
-        }
-    }
-    false
-}
-
 /// Runs `probe` while, for [`Stop::CancelRequest`], another session cancels the reset in
 /// front of it; returns the probe's result and whether a cancel was sent.
 async fn probe_while_stopping<T>(h: &Harness, stop: Stop, probe: impl Future<Output = T>) -> (T, bool) {
@@ -141,7 +122,7 @@ async fn probe_while_stopping<T>(h: &Harness, stop: Stop, probe: impl Future<Out
             tokio::select! {
                 biased;
                 result = &mut probe => (result, false),
-                cancelled = cancel_the_reset(&h.client, Duration::from_secs(10)) => (probe.await, cancelled),
+                cancelled = pgbatch_testing::cancel_session_reset(&h.client, Duration::from_secs(10)) => (probe.await, cancelled),
             }
         }
     }

@@ -18,6 +18,14 @@ async fn behind_a_pooler(h: &Harness) -> bool {
     !Connection::connect_with(h.db.config()).await.expect("a connection").has_own_backend()
 }
 
+/// A connection of its own to the test's database, where the cache is on by default; none
+/// behind a transaction-mode pooler, where the cache is off and no statement outlives its
+/// transaction (the test then has nothing to show).
+async fn caching_connection(h: &Harness) -> Option<Connection> {
+    let connection = Connection::connect_with(h.db.config()).await.expect("a connection");
+    connection.has_own_backend().then_some(connection)
+}
+
 /// A batch that writes a note and reads the bodies back: the read's result type is the
 /// column's type, so altering the column invalidates its cached plan.
 fn write_and_read(body: &str) -> Batch {
@@ -184,10 +192,7 @@ async fn a_parse_the_server_skipped_in_the_unit_ahead_is_never_bound_by_the_unit
 #[tokio::test]
 async fn a_statement_whose_batch_was_dropped_mid_flight_is_prepared_again() {
     let h = Harness::new().await;
-    if behind_a_pooler(&h).await {
-        return;
-    }
-    let mut connection = Connection::connect_with(h.db.config()).await.unwrap();
+    let Some(mut connection) = caching_connection(&h).await else { return };
     let mut slow = Batch::new();
     slow.push(insert_note(1, "dropped"));
     slow.push(diesel::select(diesel::dsl::sql::<BigInt>("(SELECT count(*) FROM pg_sleep(0.3))")));
@@ -206,10 +211,7 @@ async fn a_statement_whose_batch_was_dropped_mid_flight_is_prepared_again() {
 #[tokio::test]
 async fn a_full_cache_closes_what_it_evicts_and_an_off_cache_prepares_nothing() {
     let h = Harness::new().await;
-    if behind_a_pooler(&h).await {
-        return;
-    }
-    let mut connection = Connection::connect_with(h.db.config()).await.unwrap();
+    let Some(mut connection) = caching_connection(&h).await else { return };
     connection.set_statement_cache(StatementCache::Always { capacity: 2 });
     let statements: [fn(&mut Batch); 4] = [
         |batch| {
@@ -253,11 +255,8 @@ async fn a_full_cache_closes_what_it_evicts_and_an_off_cache_prepares_nothing() 
 #[tokio::test]
 async fn guards_markers_and_two_phase_batches_bind_their_statements_by_name() {
     let h = Harness::new().await;
-    if behind_a_pooler(&h).await {
-        return;
-    }
+    let Some(mut connection) = caching_connection(&h).await else { return };
     pgbatch::idempotency::install(&h.pool, pgbatch::idempotency::DEFAULT_TABLE).await.unwrap();
-    let mut connection = Connection::connect_with(h.db.config()).await.unwrap();
     for round in 0..2 {
         let mut batch = Batch::new();
         batch.idempotency_key(pgbatch::IdempotencyKey::new(format!("cached {round}")));
@@ -277,4 +276,56 @@ async fn guards_markers_and_two_phase_batches_bind_their_statements_by_name() {
     assert!(inserts.iter().any(|entry| entry.ends_with("=2")), "{inserts:?}");
     assert_eq!(guarded.len(), 1, "one guarded statement, the same SQL each run: {guarded:?}");
     assert!(guarded[0].ends_with("=2"), "{guarded:?}");
+}
+
+/// A caller that deallocates every prepared statement (`DEALLOCATE ALL`, here inside a `DO`
+/// block) takes pgbatch's with it, the reset's own steps included. The holder's next batch
+/// binds a statement the server no longer has (`26000`): it is sent again, prepared anew,
+/// and commits. After a later holder deallocates again, the next holder's reset binds its
+/// first step by a name the server no longer has: the reset fails before it cleared
+/// anything, the server skips the batch, the connection is given up with its session, and
+/// the batch is replayed on a fresh one.
+#[tokio::test]
+async fn a_caller_deallocating_pgbatchs_statements_costs_a_resend_and_then_a_connection() {
+    let h = Harness::new().await;
+    if behind_a_pooler(&h).await {
+        return;
+    }
+    let pool = pool(h.db.config().clone(), 1).await;
+    let pid = |body: &str| {
+        let mut batch = write_and_read(body);
+        let pid =
+            batch.push(diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("pg_backend_pid()"))).one::<i32>();
+        (batch, pid)
+    };
+    // Two holders, so that the reset's steps are prepared and confirmed.
+    let (first, first_pid) = pid("first holder");
+    let holder_pid = first.run(&pool).await.unwrap().get(&first_pid).unwrap();
+    write_and_read("second holder").run(&pool).await.unwrap();
+
+    let mut holder = pool.get().await.unwrap();
+    write_and_read("third holder").run(&mut *holder).await.unwrap();
+    let mut deallocate = Batch::new();
+    deallocate.push(diesel::sql_query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"));
+    deallocate.run(&mut *holder).await.unwrap();
+    // Cached, and gone from the server: sent once more (the policy allows no retry).
+    write_and_read("after the deallocation").run(&mut *holder).await.expect("sent again, prepared anew");
+    drop(holder);
+
+    let mut deallocate = Batch::new();
+    deallocate.push(diesel::sql_query("DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$"));
+    // The resend forgot the whole cache, the reset's steps with it: this holder's reset
+    // prepared them anew, and the deallocation now takes them while the cache still counts
+    // on them.
+    let attempts = deallocate.run(&pool).await.unwrap().attempts();
+    assert_eq!(attempts, 1, "the reset before it was prepared anew");
+    let (next, next_pid) = pid("next holder");
+    let mut next = next;
+    next.retry(RetryPolicy::default());
+    let committed = next.run(&pool).await.expect("replayed on a fresh connection");
+    assert_ne!(committed.get(&next_pid).unwrap(), holder_pid, "the connection whose reset failed was given up");
+    assert_eq!(committed.attempts(), 2, "the batch the failed reset skipped, then its replay");
+    for body in ["third holder", "after the deallocation", "next holder"] {
+        assert_eq!(h.count(&format!("SELECT count(*) FROM note WHERE body = '{body}'")).await, 1, "{body}");
+    }
 }

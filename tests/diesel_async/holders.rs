@@ -5,7 +5,7 @@
 //! saying it did not run. Directly connected only for the holder's own state: behind a
 //! pooler each request is reset.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text};
@@ -102,23 +102,6 @@ async fn leave_a_slow_reset(conn: &mut Connection, timeout: Option<&str>) {
     .unwrap();
 }
 
-async fn cancel_the_reset(s: &Setup, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let cancelled = pgbatch_testing::count(
-            &s.outside,
-            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state = 'active' AND query IN ('DISCARD ALL', 'DISCARD TEMP') \
-             AND pid <> pg_backend_pid()",
-        )
-        .await;
-        if cancelled > 0 {
-            return true;
-        }
-    }
-    false
-}
-
 /// Three rounds: a holder leaves a session whose reset is stopped; the next holder's query
 /// either fails saying it did not run (and did not), or runs on a clean session; the holder
 /// after it always runs clean.
@@ -141,7 +124,7 @@ async fn a_stopped_reset(timeout: Option<&'static str>) {
                 tokio::select! {
                     biased;
                     done = &mut next => done,
-                    _ = cancel_the_reset(&s, Duration::from_secs(10)) => next.await,
+                    _ = pgbatch_testing::cancel_session_reset(&s.outside, Duration::from_secs(10)) => next.await,
                 }
             }
         };

@@ -52,3 +52,23 @@ pub async fn count(client: &Client, sql: &str) -> i64 {
     let value = query_value(client, sql).await.unwrap_or_else(|error| panic!("{sql}: {error}"));
     value.and_then(|value| value.parse().ok()).unwrap_or_else(|| panic!("{sql} returned no count"))
 }
+
+/// Cancels, from `client`'s session, the first session reset it sees running in its
+/// database within `within` (`DISCARD ALL`, or `DISCARD TEMP`, the long step of the reset
+/// that keeps the statement cache); true when it cancelled one.
+pub async fn cancel_session_reset(client: &Client, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        let cancelled = count(
+            client,
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state = 'active' \
+             AND query IN ('DISCARD ALL', 'DISCARD TEMP') AND pid <> pg_backend_pid()",
+        )
+        .await;
+        if cancelled > 0 {
+            return true;
+        }
+    }
+    false
+}

@@ -93,7 +93,7 @@ pub use faults::{Cut, FaultyPool, drop_after_polls};
 pub use formation::Formation;
 #[doc(hidden)]
 pub use harness::{TestHarness, TestSetup};
-pub use inspect::{count, query_rows, query_value};
+pub use inspect::{cancel_session_reset, count, query_rows, query_value};
 pub use pgbatch_testing_macros::test;
 pub use proxy::{Fault, Proxy, ProxyBuilder};
 pub use schema::SchemaError;

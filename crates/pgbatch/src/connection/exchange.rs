@@ -114,8 +114,7 @@ impl Connection {
         if !CacheMiss::in_answers(&answers, &cached) {
             return Ok(answers);
         }
-        tracing::debug!("a cached statement could not run as prepared: preparing it again");
-        self.statements.forget();
+        self.after_cache_miss();
         if request.restart != Restart::No {
             // The transaction stays open for CockroachDB's own retry, which prepares anew.
             return Ok(answers);
@@ -256,7 +255,7 @@ impl Connection {
             Ok(queued) => queued,
             Err(error) => {
                 // Nothing was written: the misses' entries are dropped.
-                self.statements.settle(&prepared_in(&targets, 0).0, 0);
+                self.statements.unwritten(&targets);
                 return Err(match failing {
                     Some(index) => NotSent::Encode { index, error },
                     None => NotSent::Wire(WireError::Protocol(error.to_string())),

@@ -47,8 +47,7 @@ impl Connection {
         if !CacheMiss::in_answers(&answers, &[target != Target::Unnamed]) {
             return Ok((answers, prepared));
         }
-        tracing::debug!("a cached statement could not run as prepared: preparing it again");
-        self.statements.forget();
+        self.after_cache_miss();
         if !autocommit {
             return Ok((answers, prepared));
         }
@@ -141,7 +140,7 @@ impl Connection {
                 prepared
             }
             Err(error) => {
-                self.statements.settle(&prepared_in(targets, 0).0, 0);
+                self.statements.unwritten(targets);
                 return Err(NotSent::Encode { index: 0, error });
             }
         };

@@ -255,8 +255,11 @@ impl Connection {
         self.statements = fresh;
     }
 
-    /// Forgets every statement the connection keeps prepared (closed before the next unit).
-    pub(crate) fn forget_statements(&mut self) {
+    /// After a [`CacheMiss`](super::statements::CacheMiss): forgets every statement the
+    /// connection keeps prepared (closed before the next unit), so that the unit sent again
+    /// prepares its statements anew.
+    pub(crate) fn after_cache_miss(&mut self) {
+        tracing::debug!("a cached statement could not run as prepared: preparing it again");
         self.statements.forget();
     }
 

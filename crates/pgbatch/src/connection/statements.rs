@@ -175,6 +175,12 @@ impl Statements {
         }
     }
 
+    /// Drops the entries `targets` would have prepared, in a unit that was not written after
+    /// all (a bind could not be encoded): the server never saw their `Parse`.
+    pub(crate) fn unwritten(&mut self, targets: &[Target]) {
+        self.settle(&prepared_in(targets, 0).0, 0);
+    }
+
     /// Forgets every entry, closing each at the start of the next unit: after the server
     /// lost a statement (a `DEALLOCATE` of the caller's), or changed a plan's result type.
     pub(crate) fn forget(&mut self) {

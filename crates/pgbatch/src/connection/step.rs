@@ -116,7 +116,7 @@ pub(crate) fn queue_unit<T>(
         Err(error) => {
             buf.truncate(start);
             connection.statements.restore_closing(closing);
-            connection.statements.settle(&prepared, 0);
+            connection.statements.unwritten(&reset);
             Err(error)
         }
     }

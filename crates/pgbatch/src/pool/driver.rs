@@ -167,8 +167,7 @@ impl Driver {
                 });
                 let requeued = !again.is_empty();
                 if requeued {
-                    tracing::debug!("a cached statement could not run as prepared: preparing it again");
-                    connection.forget_statements();
+                    connection.after_cache_miss();
                 }
                 for job in again {
                     queue_sending(connection, job, pipeline, true);
