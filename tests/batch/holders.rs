@@ -8,9 +8,9 @@
 //! advisory lock) and a short session `statement_timeout`, under which the next reset
 //! (dropping 800 tables takes tens of milliseconds) is stopped: at 5 ms within `DISCARD ALL`
 //! (or `DISCARD TEMP`, the first long step of the reset that keeps the statement cache),
-//! which leaves the session as it was; at fractions of the reset's time, measured first,
-//! mostly after the reset has become uninterruptible, which holds the
-//! cancel over to the step after it. Behind PgBouncer in transaction mode (CI runs this suite
+//! which leaves the session as it was; or, found by bisection from the reset's measured
+//! time, after the reset has become uninterruptible, which holds the cancel over to the step
+//! after it. Behind PgBouncer in transaction mode (CI runs this suite
 //! there too) every unit is reset, since each may land on a server session another client
 //! left.
 
@@ -397,17 +397,21 @@ async fn a_timeout_held_over_from_the_reset_is_the_resets_and_the_batch_is_repla
     let h = Harness::new().await;
     let manager = pgbatch::ConnectionManager::new(h.db.config().clone()).statement_cache(StatementCache::Off);
     let pool = bb8::Pool::builder().max_size(1).build(manager).await.expect("a pool");
-    // How long the reset takes on this machine: the timeouts below fire at fractions of it,
-    // most of them within its last part, where `DISCARD ALL` drops the temporary tables'
-    // files and cannot be interrupted.
+    // How long the reset takes on this machine is where the search starts. The timeout must
+    // fire within the reset's last part, where `DISCARD ALL` drops the temporary tables'
+    // files and cannot be interrupted; a measurement taken while other tests run can be far
+    // off, so each round moves the timeout by what the last one saw: a reset that finished
+    // first means the timeout was too long, a reset stopped while interruptible that it was
+    // too short, and the next one is halfway between the nearest of each.
     let reset_ms = time_a_reset(&h).await;
-    let (mut held_over, mut cancelled_in_the_reset, mut completed) = (0, 0, 0);
-    let fractions = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95];
-    for (round, fraction) in fractions.into_iter().enumerate() {
-        let timeout = ((reset_ms * fraction) as u32).max(1);
+    let mut search = TimeoutSearch::starting_at(reset_ms * 0.75);
+    let (mut held_over, mut cancelled_in_the_reset, mut completed, mut rounds) = (0, 0, 0, 0);
+    while rounds < 24 && held_over < 3 {
+        rounds += 1;
+        let timeout = search.next_ms();
         let (dirty, pid) = dirty_batch(Stop::Timeout(timeout));
         let dirty_pid = dirty.run(&pool).await.expect("the dirty batch").get(&pid).unwrap();
-        let body = format!("held over {round}");
+        let body = format!("held over {rounds}");
         let (mut once, read) = probe(&body);
         once.retry(RetryPolicy::never());
         match once.run(&pool).await {
@@ -426,23 +430,57 @@ async fn a_timeout_held_over_from_the_reset_is_the_resets_and_the_batch_is_repla
             }
             Err(Error::SessionReset(_)) => {
                 cancelled_in_the_reset += 1;
+                search.too_short(timeout);
                 assert_eq!(notes(&h, &body).await, 0, "nothing of the batch ran");
             }
             // The reset finished within the timeout this time: the batch ran, on a clean
             // session.
             Ok(committed) => {
                 completed += 1;
+                search.too_long(timeout);
                 assert!(read(&committed).is_clean());
             }
             Err(other) => panic!("{other}"),
         }
     }
     println!(
-        "held-over timeouts: reset_ms={reset_ms:.1} rounds={} held_over={held_over} \
-         stopped_in_the_reset={cancelled_in_the_reset} completed={completed}",
-        fractions.len()
+        "held-over timeouts: reset_ms={reset_ms:.1} rounds={rounds} held_over={held_over} \
+         stopped_in_the_reset={cancelled_in_the_reset} completed={completed}"
     );
     assert!(held_over > 0, "no timeout was held over to the step after the reset");
+}
+
+/// The bisection that looks for a timeout firing within the reset's uninterruptible part:
+/// between the longest timeout seen too short and the shortest seen too long. A bound the
+/// other has crossed (timings vary between rounds) is dropped.
+struct TimeoutSearch {
+    next_ms: f64,
+    too_short: Option<f64>,
+    too_long: Option<f64>,
+}
+
+impl TimeoutSearch {
+    fn starting_at(ms: f64) -> Self {
+        TimeoutSearch { next_ms: ms, too_short: None, too_long: None }
+    }
+
+    fn next_ms(&self) -> u32 {
+        (self.next_ms.round() as u32).max(1)
+    }
+
+    fn too_short(&mut self, ms: u32) {
+        let ms = f64::from(ms);
+        self.too_short = Some(ms);
+        self.too_long = self.too_long.filter(|&long| long > ms);
+        self.next_ms = self.too_long.map_or(ms * 1.5, |long| (ms + long) / 2.0);
+    }
+
+    fn too_long(&mut self, ms: u32) {
+        let ms = f64::from(ms);
+        self.too_long = Some(ms);
+        self.too_short = self.too_short.filter(|&short| short < ms);
+        self.next_ms = self.too_short.map_or(ms * 0.6, |short| (short + ms) / 2.0);
+    }
 }
 
 /// How long, in milliseconds, `DISCARD ALL` takes on a session the dirty batch left (the
