@@ -1,5 +1,5 @@
 //! The statement cache: a batch's statements prepared once per connection under names of
-//! pgbatch's own, kept across the session reset, prepared anew when the server can no
+//! pgbatch's own, kept across the session reset, sent again unnamed when the server can no
 //! longer run them as they were prepared, never confused by a unit the server skipped or a
 //! future dropped mid-flight, and off behind a transaction-mode pooler (CI runs this suite
 //! through PgBouncer too).
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use pgbatch::{Batch, Connection, ConnectionManager, Error, Multiplexed, RetryPolicy, StatementCache};
+use pgbatch::{Batch, Connection, ConnectionManager, Error, Multiplexed, RetryPolicy, SessionReset, StatementCache};
 
 use crate::common::*;
 
@@ -115,9 +115,10 @@ async fn a_plan_invalidated_under_a_cached_statement_commits_the_next_batch() {
 }
 
 /// A statement the caller prepared under a name of the form pgbatch uses (through a `DO`
-/// block, which no check of a batch's SQL sees) is not pgbatch's failure: the batch is
-/// prepared again under another name. The holder keeps its statement; the next holder's
-/// reset removes it and keeps pgbatch's.
+/// block, which no check of a batch's SQL sees) is the caller's: pgbatch never closes it,
+/// the holder keeps it, and the next holder's reset removes it while keeping pgbatch's.
+/// (That a batch whose names the caller took still commits is shown by
+/// `a_resend_after_a_cache_miss_cannot_miss_again`.)
 #[tokio::test]
 async fn a_users_prepare_never_collides_with_the_caches_names_and_the_reset_removes_it() {
     let h = Harness::new().await;
@@ -137,7 +138,7 @@ async fn a_users_prepare_never_collides_with_the_caches_names_and_the_reset_remo
     let mut taken = Batch::new();
     taken.push(insert_note(1, "names taken"));
     taken.retry(RetryPolicy::never());
-    taken.run(&mut *holder).await.expect("a name the caller took is not the batch's failure");
+    taken.run(&mut *holder).await.expect("the batch after the caller's PREPARE");
     assert_eq!(h.count("SELECT count(*) FROM note WHERE body = 'names taken'").await, 1);
     let (ours, users) = server_statements(&mut holder, INSERT_NOTE).await;
     assert_eq!(users, 2, "the holder keeps its own statements");
@@ -155,6 +156,60 @@ async fn a_users_prepare_never_collides_with_the_caches_names_and_the_reset_remo
     let (bound, _) = server_statements(&mut next, INSERT_NOTE).await;
     let name = ours[0].split_once('=').unwrap().0;
     assert_eq!(bound, [format!("{name}=2")], "the next holder binds it without preparing it again");
+}
+
+/// A caller who prepared the next 64 names of the form pgbatch uses makes every statement
+/// the cache would prepare fail with `42P05`. Each batch, multiplexed batch and diesel-async
+/// query is sent once more with its statements unnamed, which no name can fail, and
+/// commits on its first attempt (the policy allows no retry); the caller's statements stay.
+#[tokio::test]
+async fn a_resend_after_a_cache_miss_cannot_miss_again() {
+    let h = Harness::new().await;
+    let Some(mut connection) = caching_connection(&h).await else { return };
+    // Without resets between the multiplexed batches, so that the caller's statements stay
+    // on the session (the reset would deallocate them).
+    let multiplexed =
+        Multiplexed::builder(ConnectionManager::new(h.db.config().clone()).session_reset(SessionReset::WhenRecognised))
+            .connections(1)
+            .build()
+            .await
+            .unwrap();
+    let squat = || {
+        let mut batch = Batch::new();
+        batch.push(diesel::sql_query(
+            "DO $$ BEGIN
+                FOR i IN 0..63 LOOP
+                    BEGIN
+                        EXECUTE format('PREPARE %I AS SELECT 1', 'pgbatch:' || lpad(i::text, 8, '0'));
+                    EXCEPTION WHEN duplicate_prepared_statement THEN NULL;
+                    END;
+                END LOOP;
+            END $$",
+        ));
+        batch
+    };
+    squat().run(&mut connection).await.expect("the caller's PREPAREs");
+    let (_, squatted) = server_statements(&mut connection, INSERT_NOTE).await;
+    assert!(squatted >= 60, "the caller holds the cache's next names: {squatted}");
+    let committed = write_and_read("bare").run(&mut connection).await.expect("the batch, sent again unnamed");
+    assert_eq!(committed.attempts(), 1);
+    let query = note::table.select(note::body).filter(note::body.eq("bare"));
+    let bodies: Vec<String> = diesel_async::RunQueryDsl::load(query, &mut connection)
+        .await
+        .expect("the diesel-async query, sent again unnamed");
+    assert_eq!(bodies, ["bare"]);
+    let (_, kept) = server_statements(&mut connection, INSERT_NOTE).await;
+    assert_eq!(kept, squatted, "pgbatch closed none of the caller's statements");
+
+    squat().run_multiplexed(&multiplexed).await.expect("the caller's PREPAREs, multiplexed");
+    let committed = write_and_read("multiplexed")
+        .run_multiplexed(&multiplexed)
+        .await
+        .expect("the multiplexed batch, sent again unnamed");
+    assert_eq!(committed.attempts(), 1);
+    for body in ["bare", "multiplexed"] {
+        assert_eq!(h.count(&format!("SELECT count(*) FROM note WHERE body = '{body}'")).await, 1, "{body}");
+    }
 }
 
 /// A unit pipelined behind another cannot use a statement whose `Parse` is in the unit

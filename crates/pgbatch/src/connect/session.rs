@@ -32,8 +32,8 @@ pub(crate) struct Session {
 /// statement prepared with SQL `PREPARE`, so a holder still finds no statement of an
 /// earlier holder's. A cached statement the server can no longer run as it was prepared (a
 /// table altered so that its result type changed: `0A000`, or deallocated by the caller:
-/// `26000`) makes pgbatch forget its cache and run the batch again at once, prepared anew;
-/// nothing of the failed attempt committed.
+/// `26000`) makes pgbatch forget its cache and run the batch again at once, its statements
+/// unnamed (so that it cannot miss again); nothing of the failed attempt committed.
 ///
 /// See the crate docs' Statement cache section.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -87,12 +87,21 @@ pub(crate) struct Exchange<'a> {
     statements: &'a [&'a Statement],
     end: End,
     restart: Restart,
+    /// Every statement sent unnamed, past the statement cache.
+    unnamed: bool,
 }
 
 impl<'a> Exchange<'a> {
     /// `BEGIN` (or none, to continue an open transaction), the statements, and how to end.
     pub(crate) fn new(begin: Option<&'a str>, statements: &'a [&'a Statement], end: End) -> Self {
-        Exchange { begin, statements, end, restart: Restart::No }
+        Exchange { begin, statements, end, restart: Restart::No, unnamed: false }
+    }
+
+    /// Sends every statement unnamed: a unit sent again after a [`CacheMiss`] must not meet
+    /// another (a caller's `PREPARE` may hold the names it would be prepared under next).
+    pub(crate) fn unnamed(mut self) -> Self {
+        self.unnamed = true;
+        self
     }
 
     /// Runs the unit under CockroachDB's restart savepoint. A failed unit then leaves its
@@ -108,7 +117,8 @@ impl Connection {
     ///
     /// A statement the statement cache sent by name that the server could no longer run
     /// as prepared ([`CacheMiss`]) makes the connection forget its cache and send the unit
-    /// once more, prepared anew: the failure rolled the unit back, so nothing of it stayed.
+    /// once more, its statements unnamed: the failure rolled the unit back, so nothing of it
+    /// stayed, and unnamed statements cannot miss again.
     pub(crate) async fn exchange(&mut self, request: &Exchange<'_>) -> Result<Answers, BatchNotSent> {
         let (answers, cached) = self.exchange_once(request).await?;
         if !CacheMiss::in_answers(&answers, &cached) {
@@ -119,7 +129,7 @@ impl Connection {
             // The transaction stays open for CockroachDB's own retry, which prepares anew.
             return Ok(answers);
         }
-        Ok(self.exchange_once(request).await?.0)
+        Ok(self.exchange_once(&request.unnamed()).await?.0)
     }
 
     /// [`exchange`](Self::exchange) without its second try; also says which statements
@@ -240,12 +250,15 @@ impl Connection {
         // ready (never inside the caller's transaction: `exchange` refuses to begin there).
         // Before the statements' targets: a reset that is `DISCARD ALL` empties the cache.
         let prelude = self.prelude(request.begin.is_some());
-        let targets: Vec<Target> = request
-            .statements
-            .iter()
-            .zip(&binds)
-            .map(|(statement, binds)| self.statements.target_for(statement, binds.get().0))
-            .collect();
+        let targets: Vec<Target> =
+            request
+                .statements
+                .iter()
+                .zip(&binds)
+                .map(|(statement, binds)| {
+                    if request.unnamed { Target::Unnamed } else { self.statements.target_for(statement, binds.get().0) }
+                })
+                .collect();
         let touches_session = request.statements.iter().any(|statement| statement.sql.touches_session);
         let runs_statements = request.begin.is_some() || !request.statements.is_empty();
         let mut failing = None;

@@ -37,32 +37,34 @@ impl Connection {
     /// Returns also whether the statement was prepared into the statement cache (a miss).
     /// A statement sent by a cached name that the server could no longer run as prepared
     /// ([`CacheMiss`]) makes the connection forget its cache; outside a transaction the
-    /// statement did not commit, so it is sent once more, prepared anew. Inside one the
-    /// failure stands, as on `AsyncPgConnection`: the transaction is aborted.
+    /// statement did not commit, so it is sent once more, unnamed, so that it cannot miss
+    /// again. Inside one the failure stands, as on `AsyncPgConnection`: the transaction is
+    /// aborted.
     pub(crate) async fn request(&mut self, statement: &Statement) -> Result<(Answers, bool), NotSent> {
         self.ready().await?;
         let autocommit = self.status() == TxStatus::Idle;
-        let (answers, target) = self.request_once(statement).await?;
+        let (answers, target) = self.request_once(statement, false).await?;
         let prepared = matches!(target, Target::Prepare(_));
         if !CacheMiss::in_answers(&answers, &[target != Target::Unnamed]) {
             return Ok((answers, prepared));
         }
+        // A statement that missed was not prepared into the cache, nor is one sent unnamed.
         self.after_cache_miss();
         if !autocommit {
-            return Ok((answers, prepared));
+            return Ok((answers, false));
         }
-        let (answers, again) = self.request_once(statement).await?;
-        Ok((answers, prepared || matches!(again, Target::Prepare(_))))
+        Ok((self.request_once(statement, true).await?.0, false))
     }
 
-    /// One sending of [`request`](Self::request)'s statement, and how it was sent.
-    async fn request_once(&mut self, statement: &Statement) -> Result<(Answers, Target), NotSent> {
+    /// One sending of [`request`](Self::request)'s statement (`unnamed`: past the statement
+    /// cache), and how it was sent.
+    async fn request_once(&mut self, statement: &Statement, unnamed: bool) -> Result<(Answers, Target), NotSent> {
         super::types::resolve(self, &[statement]).await?;
         let binds = WireBinds::new(self, statement);
         let (oids, values) = binds.get();
         let text = &statement.sql.text;
         let prelude = self.prelude(true);
-        let target = self.statements.target_for(statement, oids);
+        let target = if unnamed { Target::Unnamed } else { self.statements.target_for(statement, oids) };
         let answers = self
             .send(prelude, &target, |buf| {
                 step_as(buf, &target, text, oids, values, true)?;

@@ -214,6 +214,8 @@ fn queue(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>) {
 fn queue_sending(connection: &mut Connection, job: Job, pipeline: &mut Pipeline<Sent>, again: bool) {
     let statements: Vec<&Statement> = job.statements.iter().map(|statement| &**statement).collect();
     let exchange = Exchange::new(Some(&job.begin), &statements, End::Commit);
+    // Sent again after a cache miss: past the cache, so that it cannot miss again.
+    let exchange = if again { exchange.unnamed() } else { exchange };
     // Each batch is a holder of its own: the one ahead hands the session over.
     connection.hand_over();
     match connection.queue_pipelined(&exchange) {
