@@ -114,32 +114,35 @@ async fn a_plan_invalidated_under_a_cached_statement_commits_the_next_batch() {
     }
 }
 
-/// A statement the caller prepared under a name of the form pgbatch uses (through a `DO`
-/// block, which no check of a batch's SQL sees) is the caller's: pgbatch never closes it,
-/// the holder keeps it, and the next holder's reset removes it while keeping pgbatch's.
-/// (That a batch whose names the caller took still commits is shown by
-/// `a_resend_after_a_cache_miss_cannot_miss_again`.)
+/// A statement the caller prepared under a name of the form pgbatch uses (a quoted
+/// identifier, in SQL text of the caller's) takes the name the cache would give the next
+/// statement: the batch's `Parse` fails with `42P05`, which is not the batch's failure (it
+/// is sent again and commits). pgbatch never closes the caller's statement: the holder
+/// keeps it, and the next holder's reset removes it while keeping pgbatch's.
 #[tokio::test]
 async fn a_users_prepare_never_collides_with_the_caches_names_and_the_reset_removes_it() {
+    use diesel_async::SimpleAsyncConnection as _;
+
     let h = Harness::new().await;
     if behind_a_pooler(&h).await {
         return; // No statement outlives its transaction there; the cache is off.
     }
     let pool = pool(h.db.config().clone(), 1).await;
     let mut holder = pool.get().await.unwrap();
-    let mut squat = Batch::new();
-    squat.push(diesel::sql_query(
-        "DO $$ BEGIN
-            EXECUTE 'PREPARE \"pgbatch:00000000\" AS SELECT 1';
-            EXECUTE 'PREPARE mine AS SELECT 2';
-        END $$",
-    ));
-    squat.run(&mut *holder).await.unwrap();
+    // SQL text runs unnamed, outside the cache: the connection has prepared nothing yet.
+    holder
+        .batch_execute("PREPARE \"pgbatch:00000000\" AS SELECT 1; PREPARE mine AS SELECT 2")
+        .await
+        .expect("the caller's PREPAREs");
     let mut taken = Batch::new();
     taken.push(insert_note(1, "names taken"));
     taken.retry(RetryPolicy::never());
-    taken.run(&mut *holder).await.expect("the batch after the caller's PREPARE");
+    taken.run(&mut *holder).await.expect("a name the caller took is not the batch's failure");
     assert_eq!(h.count("SELECT count(*) FROM note WHERE body = 'names taken'").await, 1);
+    // Sent again unnamed, the statement is prepared into the cache by the next batch.
+    let mut again = Batch::new();
+    again.push(insert_note(1, "names taken again"));
+    again.run(&mut *holder).await.unwrap();
     let (ours, users) = server_statements(&mut holder, INSERT_NOTE).await;
     assert_eq!(users, 2, "the holder keeps its own statements");
     assert_eq!(ours.len(), 1, "{ours:?}");
@@ -210,6 +213,38 @@ async fn a_resend_after_a_cache_miss_cannot_miss_again() {
     for body in ["bare", "multiplexed"] {
         assert_eq!(h.count(&format!("SELECT count(*) FROM note WHERE body = '{body}'")).await, 1, "{body}");
     }
+}
+
+/// The codes of a cache miss raised while a cached statement runs (a function raising
+/// `feature_not_supported`, `0A000`) are the statement's own failure: its `Parse` and `Bind`
+/// had succeeded. The batch is not sent again (the sequence the function advances outside
+/// the transaction moves once per run, the first run preparing the statement, the second
+/// binding it) and the cache keeps its statements.
+#[tokio::test]
+async fn a_miss_code_raised_while_a_cached_statement_runs_is_its_own_failure() {
+    let h = Harness::new().await;
+    let Some(mut connection) = caching_connection(&h).await else { return };
+    h.client
+        .batch_execute(
+            "CREATE SEQUENCE runs;
+             CREATE FUNCTION unsupported() RETURNS int LANGUAGE plpgsql AS $$ BEGIN
+                 PERFORM nextval('runs');
+                 RAISE EXCEPTION 'not here' USING ERRCODE = 'feature_not_supported';
+             END $$",
+        )
+        .await
+        .unwrap();
+    for run in 1..=2 {
+        let mut batch = write_and_read(&format!("run {run}"));
+        batch.push(diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("unsupported()")));
+        let error = batch.run(&mut connection).await.expect_err("the function fails");
+        let Error::Statement(failure) = &error else { panic!("{error}") };
+        assert_eq!(failure.index(), 2, "{error}");
+        assert_eq!(failure.cause().server_error().map(|e| e.code().code()), Some("0A000"), "{error}");
+        assert_eq!(h.count("SELECT last_value FROM runs").await, run, "run {run} ran once, not sent again");
+        assert_eq!(connection.cached_statements(), 3, "run {run}: the cache kept its statements");
+    }
+    assert_eq!(h.count("SELECT count(*) FROM note WHERE body LIKE 'run %'").await, 0);
 }
 
 /// A unit pipelined behind another cannot use a statement whose `Parse` is in the unit

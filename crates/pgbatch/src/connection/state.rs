@@ -256,10 +256,10 @@ impl Connection {
     }
 
     /// After a [`CacheMiss`](super::statements::CacheMiss): forgets every statement the
-    /// connection keeps prepared (closed before the next unit), so that the unit sent again
-    /// prepares its statements anew.
+    /// connection keeps prepared (closed before the next unit), so that the next units
+    /// prepare their statements anew.
     pub(crate) fn after_cache_miss(&mut self) {
-        tracing::debug!("a cached statement could not run as prepared: preparing it again");
+        tracing::debug!("a cached statement could not run as prepared: forgetting the statement cache");
         self.statements.forget();
     }
 

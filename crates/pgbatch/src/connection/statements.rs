@@ -225,15 +225,19 @@ impl Statements {
 /// A statement sent by a name of the statement cache's that the server could not run as
 /// prepared: its plan's result type changed (`0A000`, "cached plan must not change result
 /// type": a table it reads was altered), the server no longer has it (`26000`: the caller
-/// deallocated it), or a statement the caller prepared took its name (`42P05`).
+/// deallocated it), or a statement the caller prepared took its name (`42P05`). Each fails
+/// the statement's `Parse` or `Bind`; the same codes raised while it runs (a function that
+/// raises `feature_not_supported`, a `DO` block whose `PREPARE` meets a taken name) are the
+/// statement's own failure.
 pub(crate) struct CacheMiss;
 
 impl CacheMiss {
     /// Whether `answers` failed at a statement sent by a cached name (`cached`, per
-    /// statement) for one of [`CacheMiss`]'s reasons.
+    /// statement), before it ran, for one of [`CacheMiss`]'s reasons.
     pub(crate) fn in_answers(answers: &Answers, cached: &[bool]) -> bool {
         let Ending::Failed { at: Position::Statement(index), error } = &answers.ending else { return false };
-        cached.get(*index).copied().unwrap_or(false)
+        answers.failed_before_running
+            && cached.get(*index).copied().unwrap_or(false)
             && [SqlState::FEATURE_NOT_SUPPORTED, SqlState::INVALID_SQL_STATEMENT_NAME, SqlState::DUPLICATE_PSTATEMENT]
                 .contains(error.code())
     }

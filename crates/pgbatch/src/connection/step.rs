@@ -1,7 +1,7 @@
 //! One step of the extended protocol as pgbatch sends it: a statement (`Parse`, unnamed or
 //! into the statement cache, or none for a cached one; `Bind`, `Describe`, `Execute`) with
-//! binary results, and a read of its own that ends in a `Sync`. Batches, type lookups, start-up and ending an orphan all queue their statements
-//! here.
+//! binary results, and a read of its own that ends in a `Sync`. Batches, type lookups,
+//! start-up and ending an orphan all queue their statements here.
 
 use postgres_protocol::IsNull;
 use postgres_protocol::message::frontend;

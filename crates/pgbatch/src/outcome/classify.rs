@@ -36,7 +36,7 @@ impl<E> Verdict<'_, E> {
 
     /// The results of a run whose answers all came back, or its error.
     pub(crate) fn judge(&self, answers: Answers) -> Result<Results, Error<E>> {
-        let Answers { mut outputs, ending, prelude: answers_prelude } = answers;
+        let Answers { mut outputs, ending, prelude: answers_prelude, .. } = answers;
         match ending {
             Ending::Done => {
                 outputs.drain(..self.offset().min(outputs.len()));
@@ -234,6 +234,7 @@ mod tests {
             outputs: (0..completed).map(|_| StepOutput::default()).collect(),
             ending,
             prelude: PreludeOutcome::Done,
+            failed_before_running: false,
         }
     }
 
@@ -250,7 +251,12 @@ mod tests {
         for (key, affected) in [(None, vec![1, 2, 3]), (Some(&key), vec![99, 1, 2, 3])] {
             // With a key, the marker's output (wire statement 0) is not the batch's.
             let outputs = affected.into_iter().map(|affected| StepOutput { affected, ..StepOutput::default() });
-            let answers = Answers { outputs: outputs.collect(), ending: Ending::Done, prelude: PreludeOutcome::Done };
+            let answers = Answers {
+                outputs: outputs.collect(),
+                ending: Ending::Done,
+                prelude: PreludeOutcome::Done,
+                failed_before_running: false,
+            };
             let results = Verdict { body: &body, key, end: End::Commit, attempts: 1 }.judge(answers).unwrap();
             let read: Vec<u64> = handles.iter().map(|handle| results.get(handle).unwrap()).collect();
             assert_eq!(read, [1, 2, 3]);

@@ -34,6 +34,10 @@ pub(crate) struct Collector {
     ended: bool,
     /// `ParseComplete`s read: the first this many `Parse` messages of the unit ran.
     parsed: usize,
+    /// Whether the step being answered has bound (its `BindComplete` came).
+    bound: bool,
+    /// Whether the failure came before its step had bound.
+    failed_before_running: bool,
     /// The unit's `Parse`s into named statements.
     prepared: Vec<Prepared>,
 }
@@ -54,6 +58,8 @@ impl Collector {
             failure: None,
             ended: false,
             parsed: 0,
+            bound: false,
+            failed_before_running: false,
             prepared: Vec::new(),
         }
     }
@@ -115,7 +121,8 @@ impl Collector {
     pub(crate) fn take(&mut self, message: Message) -> Result<bool, WireError> {
         match message {
             Message::ParseComplete => self.parsed += 1,
-            Message::BindComplete | Message::NoData | Message::CloseComplete => {}
+            Message::BindComplete => self.bound = true,
+            Message::NoData | Message::CloseComplete => {}
             Message::RowDescription(body) => self.columns = Some(columns(&body)?),
             Message::DataRow(body) => {
                 let columns = self.columns.clone().ok_or_else(|| protocol("a row without a row description"))?;
@@ -135,6 +142,7 @@ impl Collector {
                 } else if self.failure.is_none() {
                     // After an error the server skips to the Sync: there is only one.
                     self.failure = Some((self.position(), Box::new(ServerError::parse(body.fields()))));
+                    self.failed_before_running = !self.bound;
                 }
             }
             Message::ReadyForQuery(_) => return Ok(true),
@@ -176,6 +184,7 @@ impl Collector {
             },
         }
         self.completed += 1;
+        self.bound = false;
     }
 
     /// Whether the unit's steps all succeeded so far.
@@ -193,7 +202,7 @@ impl Collector {
             }
             None => Ending::Done,
         };
-        Answers { outputs: self.outputs, ending, prelude }
+        Answers { outputs: self.outputs, ending, prelude, failed_before_running: self.failed_before_running }
     }
 
     /// The answers of a unit cut short by a failed connection.
@@ -205,7 +214,7 @@ impl Collector {
             None if self.ended => Ending::Done,
             None => Ending::Lost { error, end_sent },
         };
-        Answers { outputs: self.outputs, ending, prelude }
+        Answers { outputs: self.outputs, ending, prelude, failed_before_running: self.failed_before_running }
     }
 }
 
@@ -313,6 +322,30 @@ mod tests {
             }
         }
         (collector, false)
+    }
+
+    #[test]
+    fn a_failure_before_its_steps_bind_complete_is_told_apart_from_one_while_it_ran() {
+        // The INSERT's error after its `BindComplete`: it ran.
+        let (ran, _) = feed(&stream(Some(2)), 64);
+        assert!(!ran.finish().failed_before_running);
+        // The INSERT's `Parse` answered, its `Bind` failed (a cached plan gone stale).
+        let before_bind = [
+            PARSED_AND_BOUND.to_vec(),
+            complete("BEGIN"),
+            PARSED_AND_BOUND.to_vec(),
+            one_row(7),
+            complete("SELECT 1"),
+            message(b'1', &[]),
+            error("0A000"),
+            message(b'Z', b"E"),
+        ]
+        .concat();
+        let (collector, done) = feed(&before_bind, 64);
+        assert!(done);
+        let answers = collector.finish();
+        assert!(answers.failed_before_running);
+        assert!(matches!(answers.ending, Ending::Failed { at: Position::Statement(1), .. }), "{:?}", answers.ending);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub(crate) struct Answers {
     pub(crate) ending: Ending,
     /// What became of the prelude written before the unit.
     pub(crate) prelude: PreludeOutcome,
+    /// Whether the step that failed failed at its `Parse` or `Bind` (no `BindComplete` came
+    /// for it): before it ran. Only there can a statement of the statement cache's miss.
+    pub(crate) failed_before_running: bool,
 }
 
 /// Why a unit (a batch, a caller's request, a read of pgbatch's own) was not sent at all,
